@@ -1,0 +1,43 @@
+"""fljax: fast, faithful federated-learning simulation in JAX for healthcare research."""
+
+from fljax import aggregate as aggregate
+from fljax import algorithms as algorithms
+from fljax import client as client
+from fljax import data as data
+from fljax import metrics as metrics
+from fljax import models as models
+from fljax._base import EmptyState as EmptyState
+from fljax._base import Transform as Transform
+from fljax._base import chain as chain
+from fljax._base import identity as identity
+from fljax._base import stateless as stateless
+from fljax._devices import set_host_device_count as set_host_device_count
+from fljax._io import RunRecord as RunRecord
+from fljax._io import load_run as load_run
+from fljax.simulate import NonFiniteUpdateError as NonFiniteUpdateError
+from fljax.simulate import ServerState as ServerState
+from fljax.simulate import SimulationResult as SimulationResult
+from fljax.simulate import simulate as simulate
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EmptyState",
+    "NonFiniteUpdateError",
+    "RunRecord",
+    "ServerState",
+    "SimulationResult",
+    "Transform",
+    "aggregate",
+    "algorithms",
+    "chain",
+    "client",
+    "data",
+    "identity",
+    "load_run",
+    "metrics",
+    "models",
+    "set_host_device_count",
+    "simulate",
+    "stateless",
+]

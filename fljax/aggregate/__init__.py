@@ -1,0 +1,4 @@
+"""Aggregators: transforms from ``deltas[K, ...]`` and ``weights[K]`` to one update."""
+
+from fljax.aggregate._mean import mean as mean
+from fljax.aggregate._mean import weighted_mean as weighted_mean

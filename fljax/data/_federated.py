@@ -1,0 +1,210 @@
+"""Stacked, padded federations: every client array has a leading client axis."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+
+TASKS = ("classification", "regression")
+STANDARDIZE = ("global", "client", "none")
+
+
+class ClientData(NamedTuple):
+    """One split of a federation (or a gathered subset of clients), as a pytree.
+
+    Attributes:
+        x: ``[C, N, ...]`` float32 features, padded with zeros past ``num_examples``.
+        y: ``[C, N]`` labels (int32 for classification, float32 for regression).
+        num_examples: ``[C]`` int32 count of real examples per client.
+    """
+
+    x: Any
+    y: Any
+    num_examples: Any
+
+    @property
+    def mask(self):
+        """``[C, N]`` bool, True for real (non-padded) examples."""
+        n = self.x.shape[1]
+        xp = jnp if isinstance(self.num_examples, jnp.ndarray) else np
+        return xp.arange(n)[None, :] < self.num_examples[:, None]
+
+
+def gather_clients(data: ClientData, client_ids) -> ClientData:
+    """Selects clients ``client_ids[K]`` from ``data``; works on host and traced arrays."""
+    return ClientData(*(jnp.take(a, client_ids, axis=0) for a in data))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FederatedData:
+    """A federation of ``C`` clients with per-client train/test splits.
+
+    Arrays are NumPy on the host; :func:`fljax.simulate` moves them to the device once.
+
+    Attributes:
+        train: training split, ``x[C, N, ...]``, ``y[C, N]``, ``num_examples[C]``.
+        test: test split, ``x[C, M, ...]``, ``y[C, M]``, ``num_examples[C]``.
+        task: ``"classification"`` or ``"regression"``.
+        num_classes: number of classes (1 for regression).
+        name: dataset name.
+        client_names: one name per client (hospital).
+        info: how the federation was made (partition, seed, ...), JSON-serialisable.
+    """
+
+    train: ClientData
+    test: ClientData
+    task: str = "classification"
+    num_classes: int = 2
+    name: str = "custom"
+    client_names: tuple[str, ...] = ()
+    info: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"task={self.task!r} is not one of {TASKS}")
+        for split_name, split in (("train", self.train), ("test", self.test)):
+            x, y, n = split
+            if x.ndim < 2 or y.ndim != 2 or n.ndim != 1:
+                raise ValueError(
+                    f"{split_name}: expected x[C, N, ...], y[C, N], num_examples[C]; got shapes "
+                    f"{x.shape}, {y.shape}, {n.shape}"
+                )
+            if not (x.shape[0] == y.shape[0] == n.shape[0]) or x.shape[1] != y.shape[1]:
+                raise ValueError(
+                    f"{split_name}: mismatched shapes x{x.shape}, y{y.shape}, num_examples{n.shape}"
+                )
+            if np.any(n < 0) or np.any(n > x.shape[1]):
+                raise ValueError(f"{split_name}.num_examples must lie in [0, {x.shape[1]}]")
+            if not np.all(np.isfinite(x)):
+                bad = np.argwhere(~np.isfinite(x))[0]
+                raise ValueError(
+                    f"{split_name}.x has NaN or inf values (first at client {bad[0]}, "
+                    f"example {bad[1]}); clean or impute the data before federating it"
+                )
+            if not np.all(np.isfinite(y)):
+                raise ValueError(f"{split_name}.y has NaN or inf values")
+            if self.task == "classification" and y.size:
+                if np.any(y < 0) or np.any(y >= self.num_classes):
+                    raise ValueError(
+                        f"{split_name}.y has labels outside [0, num_classes={self.num_classes})"
+                    )
+        if self.test.x.shape[0] != self.train.x.shape[0]:
+            raise ValueError("train and test must have the same number of clients")
+        if self.train.x.shape[2:] != self.test.x.shape[2:]:
+            raise ValueError("train and test feature shapes differ")
+        if not self.client_names:
+            object.__setattr__(
+                self, "client_names", tuple(f"client_{i}" for i in range(self.num_clients))
+            )
+        if len(self.client_names) != self.num_clients:
+            raise ValueError("client_names must have one name per client")
+
+    @property
+    def num_clients(self) -> int:
+        return int(self.train.x.shape[0])
+
+    @property
+    def num_examples(self) -> np.ndarray:
+        """``[C]`` training examples per client (the FedAvg weights)."""
+        return np.asarray(self.train.num_examples)
+
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.x.shape[2:])
+
+    def gather(self, client_ids) -> ClientData:
+        """Training data of clients ``client_ids[K]``: ``x[K, N, ...]``, ``y[K, N]``, ``n[K]``."""
+        return gather_clients(self.train, client_ids)
+
+    def sample(self) -> np.ndarray:
+        """A one-example batch ``[1, ...]`` for model initialisation."""
+        return np.asarray(self.train.x[0, :1])
+
+    def __repr__(self) -> str:
+        return (
+            f"FederatedData(name={self.name!r}, clients={self.num_clients}, "
+            f"features={self.feature_shape}, task={self.task!r}, classes={self.num_classes}, "
+            f"train={int(self.train.num_examples.sum())}, test={int(self.test.num_examples.sum())})"
+        )
+
+
+def stack_clients(xs: Sequence[np.ndarray], ys: Sequence[np.ndarray], y_dtype) -> ClientData:
+    """Pads per-client arrays ``xs[i]: [n_i, ...]`` into ``x[C, max n_i, ...]`` (zero padding)."""
+    num = np.array([len(x) for x in xs], dtype=np.int32)
+    n_max = max(int(num.max()), 1)
+    feat = xs[0].shape[1:]
+    x = np.zeros((len(xs), n_max, *feat), dtype=np.float32)
+    y = np.zeros((len(xs), n_max), dtype=y_dtype)
+    for i, (xi, yi) in enumerate(zip(xs, ys, strict=True)):
+        x[i, : len(xi)] = xi
+        y[i, : len(yi)] = yi
+    return ClientData(x, y, num)
+
+
+def standardize_clients(
+    train_xs: list[np.ndarray], test_xs: list[np.ndarray], mode: str
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Z-scores features with statistics of the TRAINING splits only (no test leakage).
+
+    ``"global"``: the pooled training mean/std, i.e. what a federated computation of per-client
+    sums and sums of squares gives; ``"client"``: each client's own training statistics (FLamby's
+    Fed-Heart-Disease choice); ``"none"``: unchanged. Constant features get std 1.
+    """
+    if mode not in STANDARDIZE:
+        raise ValueError(f"standardize={mode!r} is not one of {STANDARDIZE}")
+    if mode == "none":
+        return train_xs, test_xs
+
+    def stats(x):
+        mean = x.mean(axis=0)
+        std = x.std(axis=0)
+        return mean, np.where(std > 0, std, 1.0)
+
+    if mode == "global":
+        mean, std = stats(np.concatenate(train_xs))
+        return [(x - mean) / std for x in train_xs], [(x - mean) / std for x in test_xs]
+    out_train, out_test = [], []
+    for xtr, xte in zip(train_xs, test_xs, strict=True):
+        mean, std = stats(xtr) if len(xtr) else (0.0, 1.0)
+        out_train.append((xtr - mean) / std)
+        out_test.append((xte - mean) / std)
+    return out_train, out_test
+
+
+def from_client_arrays(
+    train_xs: Sequence[np.ndarray],
+    train_ys: Sequence[np.ndarray],
+    test_xs: Sequence[np.ndarray],
+    test_ys: Sequence[np.ndarray],
+    *,
+    task: str = "classification",
+    num_classes: int | None = None,
+    name: str = "custom",
+    client_names: Sequence[str] = (),
+    info: dict | None = None,
+) -> FederatedData:
+    """Builds a :class:`FederatedData` from lists of per-client arrays (any sizes)."""
+    if not (len(train_xs) == len(train_ys) == len(test_xs) == len(test_ys)) or not train_xs:
+        raise ValueError(
+            "train_xs, train_ys, test_xs, test_ys must be non-empty, equal-length lists"
+        )
+    y_dtype = np.int32 if task == "classification" else np.float32
+    if num_classes is None:
+        num_classes = (
+            int(max(np.max(y, initial=0) for y in [*train_ys, *test_ys])) + 1
+            if task == "classification"
+            else 1
+        )
+    return FederatedData(
+        train=stack_clients([np.asarray(x, np.float32) for x in train_xs], train_ys, y_dtype),
+        test=stack_clients([np.asarray(x, np.float32) for x in test_xs], test_ys, y_dtype),
+        task=task,
+        num_classes=int(num_classes),
+        name=name,
+        client_names=tuple(client_names),
+        info=dict(info or {}),
+    )

@@ -1,0 +1,146 @@
+"""Flax models as two pure functions over a plain parameter dict."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+PyTree = Any
+
+ACTIVATIONS = {"relu": nn.relu, "tanh": nn.tanh, "gelu": nn.gelu, "silu": nn.silu}
+
+
+class Model(NamedTuple):
+    """A model: ``init(key, sample[B, ...]) -> params`` and
+    ``apply(params, x[B, ...], *, train, key) -> out[B, O]``.
+
+    ``params`` is a plain pytree (a dict of arrays), so stacking it over clients and ``vmap``
+    over the stack is trivial.
+    """
+
+    init: Callable[..., PyTree]
+    apply: Callable[..., jax.Array]
+    name: str = "model"
+
+
+def from_linen(module: nn.Module, name: str | None = None) -> Model:
+    """Wraps a Flax linen module (no mutable collections) as a :class:`Model`."""
+
+    def init(key, sample):
+        return module.init(key, jnp.asarray(sample))["params"]
+
+    def apply(params, x, *, train: bool = False, key=None):
+        del train, key
+        return module.apply({"params": params}, x)
+
+    return Model(init, apply, name or type(module).__name__.lower())
+
+
+class _Logistic(nn.Module):
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(self.num_classes)(x.reshape((x.shape[0], -1)))
+
+
+class _MLP(nn.Module):
+    num_classes: int
+    hidden: Sequence[int]
+    activation: str
+
+    @nn.compact
+    def __call__(self, x):
+        x = x.reshape((x.shape[0], -1))
+        for width in self.hidden:
+            x = ACTIVATIONS[self.activation](nn.Dense(width)(x))
+        return nn.Dense(self.num_classes)(x)
+
+
+class _CNN(nn.Module):
+    num_classes: int
+    features: Sequence[int]
+    dense: int
+
+    @nn.compact
+    def __call__(self, x):
+        if x.ndim == 3:  # [B, H, W] grey images
+            x = x[..., None]
+        for f in self.features:
+            x = nn.relu(nn.Conv(f, (3, 3))(x))
+            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = x.reshape((x.shape[0], -1))
+        x = nn.relu(nn.Dense(self.dense)(x))
+        return nn.Dense(self.num_classes)(x)
+
+
+def _check_classes(num_classes):
+    if num_classes is None or int(num_classes) < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    return int(num_classes)
+
+
+def logistic(num_classes: int) -> Model:
+    """Multinomial logistic regression: one dense layer on flattened inputs."""
+    return from_linen(_Logistic(_check_classes(num_classes)), "logistic")
+
+
+def mlp(num_classes: int, hidden: Sequence[int] = (64, 64), activation: str = "relu") -> Model:
+    """Multilayer perceptron with ``hidden`` widths and ``activation`` between layers."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation={activation!r} is not one of {sorted(ACTIVATIONS)}")
+    if any(int(h) < 1 for h in hidden):
+        raise ValueError(f"hidden widths must be positive, got {hidden}")
+    return from_linen(
+        _MLP(_check_classes(num_classes), tuple(int(h) for h in hidden), activation), "mlp"
+    )
+
+
+def cnn(num_classes: int, features: Sequence[int] = (32, 64), dense: int = 128) -> Model:
+    """Small CNN: [3x3 conv, ReLU, 2x2 max-pool] per entry of ``features``, dense, output."""
+    return from_linen(
+        _CNN(_check_classes(num_classes), tuple(int(f) for f in features), int(dense)), "cnn"
+    )
+
+
+_REGISTRY: dict[str, Callable[..., Model]] = {"logistic": logistic, "mlp": mlp, "cnn": cnn}
+
+
+def names() -> list[str]:
+    """Names accepted by :func:`get`."""
+    return sorted(_REGISTRY)
+
+
+def get(name: str, **kwargs) -> Model:
+    """Builds the model ``name`` with its hyperparameters.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> m = get("mlp", num_classes=2, hidden=(8,))
+        >>> p = m.init(jax.random.key(0), jnp.zeros((1, 3)))
+        >>> m.apply(p, jnp.zeros((5, 3))).shape
+        (5, 2)
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model name={name!r}; choose one of {names()}")
+    fn = _REGISTRY[name]
+    allowed = list(inspect.signature(fn).parameters)
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise ValueError(f"model {name!r} got unknown arguments {unknown}; allowed: {allowed}")
+    return fn(**kwargs)
+
+
+def num_params(params: PyTree) -> int:
+    """Number of scalar parameters in a pytree."""
+    return int(sum(jnp.size(p) for p in jax.tree.leaves(params)))
+
+
+def param_bytes(params: PyTree) -> int:
+    """Bytes of a dense encoding of ``params`` (sum of ``size * itemsize``)."""
+    return int(sum(jnp.size(p) * jnp.dtype(p.dtype).itemsize for p in jax.tree.leaves(params)))
