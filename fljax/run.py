@@ -78,6 +78,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> SimulationResult:
             clients_per_round=int(cfg.clients_per_round),
             seed=int(cfg.seed),
             eval_every=int(cfg.eval_every),
+            stragglers=float(cfg.get("stragglers", 0.0)),
+            straggler_policy=str(cfg.get("straggler_policy", "drop")),
             callbacks=[writer],
             progress=bool(cfg.get("progress", False)),
         )

@@ -9,6 +9,7 @@ compiled once, so no Python loop touches clients or local steps.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -38,14 +39,17 @@ class ServerState(NamedTuple):
         params: global model parameters.
         opt_state: server optimizer state.
         aggregator_state: aggregator transform state.
+        algorithm_state: the algorithm's server state (e.g. SCAFFOLD's control variate c).
         client_transform_states: per-client transform states, stacked ``[C, ...]``.
-        client_states: per-client algorithm states, stacked ``[C, ...]``.
+        client_states: per-client algorithm states, stacked ``[C, ...]`` (SCAFFOLD's c_i,
+            FedDyn's gradient memory, each client's own model in local-only training).
         round: ``()`` int32, rounds completed.
     """
 
     params: PyTree
     opt_state: PyTree
     aggregator_state: PyTree
+    algorithm_state: PyTree
     client_transform_states: PyTree
     client_states: PyTree
     round: jax.Array
@@ -54,9 +58,10 @@ class ServerState(NamedTuple):
 class RoundMetrics(NamedTuple):
     """Per-round outputs of the compiled round (stacked ``[L, ...]`` over a block)."""
 
-    train_loss: jax.Array  # (), float32: example-weighted mean local loss
+    train_loss: jax.Array  # (), float32: example-weighted mean local loss of contributors
     finite: jax.Array  # (), bool: aggregated update is finite
     client_ids: jax.Array  # (K,), int32: the selected clients
+    contributed: jax.Array  # (K,), bool: the client's update was aggregated (not dropped)
     num_steps: jax.Array  # (K,), int32: local steps each selected client took
 
 
@@ -74,6 +79,8 @@ class SimulationResult:
         wall_s: wall time of the simulation, compilation included.
         compile_s: time spent compiling the round blocks and the evaluation.
         selected: ``[rounds, K]`` int32, the clients selected in each round.
+        contributed: ``[rounds, K]`` bool, whose update was aggregated (stragglers dropped).
+        num_steps: ``[rounds, K]`` int32, local steps each selected client took.
     """
 
     params: PyTree
@@ -83,22 +90,43 @@ class SimulationResult:
     wall_s: float
     compile_s: float
     selected: np.ndarray
+    contributed: np.ndarray
+    num_steps: np.ndarray
 
     @property
     def final_metrics(self) -> dict:
         return self.history[-1]["metrics"]
+
+    @property
+    def client_params(self) -> PyTree:
+        """Each client's own model ``[C, ...]`` (local-only training)."""
+        return self.state.client_states
 
 
 def _tree_take(tree, ids):
     return jax.tree.map(lambda a: jnp.take(a, ids, axis=0), tree)
 
 
-def _tree_put(tree, ids, values):
-    return jax.tree.map(lambda a, v: a.at[ids].set(v), tree, values)
+def _tree_put(tree, ids, values, keep=None):
+    """Scatters ``values[K]`` into ``tree[C]`` at ``ids``; rows with ``keep == False`` are left."""
+    if keep is None:
+        return jax.tree.map(lambda a, v: a.at[ids].set(v), tree, values)
+
+    def put(a, v):
+        old = a[ids]
+        k = keep.reshape(keep.shape + (1,) * (v.ndim - 1))
+        return a.at[ids].set(jnp.where(k, v, old))
+
+    return jax.tree.map(put, tree, values)
 
 
 def _stack(tree, c):
     return jax.tree.map(lambda a: jnp.broadcast_to(a, (c, *jnp.shape(a))), tree)
+
+
+def _weighted_tree_mean(tree, w):
+    total = jnp.maximum(jnp.sum(w), 1e-12)
+    return jax.tree.map(lambda a: jnp.tensordot(w, a, axes=1) / total, tree)
 
 
 def select_uniform(key: jax.Array, num_clients: int, clients_per_round: int) -> jax.Array:
@@ -108,16 +136,49 @@ def select_uniform(key: jax.Array, num_clients: int, clients_per_round: int) -> 
     )
 
 
+def pool_clients(data: ClientData) -> ClientData:
+    """All clients' real examples concatenated into one client ``[1, sum n, ...]``."""
+    x, y, n = (np.asarray(a) for a in data)
+    mask = np.arange(x.shape[1])[None, :] < n[:, None]
+    return ClientData(x[mask][None], y[mask][None], np.array([int(n.sum())], np.int32))
+
+
 def init_state(algorithm: Algorithm, params: PyTree, num_clients: int) -> ServerState:
     """Initial :class:`ServerState` for ``params`` and ``num_clients`` clients."""
+    client_states = ()
+    if algorithm.mode == "local":
+        client_states = _stack(params, num_clients)  # every client starts from the same model
+    elif algorithm.client_state_init is not None:
+        client_states = _stack(algorithm.client_state_init(params), num_clients)
+    algorithm_state = (
+        () if algorithm.server_state_init is None else (algorithm.server_state_init(params))
+    )
     return ServerState(
         params=params,
         opt_state=algorithm.server_optimizer.init(params),
         aggregator_state=algorithm.aggregator.init(params),
+        algorithm_state=algorithm_state,
         client_transform_states=_stack(algorithm.client_transform.init(params), num_clients),
-        client_states=(),
+        client_states=client_states,
         round=jnp.zeros((), jnp.int32),
     )
+
+
+STRAGGLER_POLICIES = ("drop", "partial")
+
+
+class Stragglers(NamedTuple):
+    """Each round, ``count`` of the selected clients are stragglers (static)."""
+
+    count: int
+    policy: str  # "drop": not aggregated; "partial": aggregated after fewer local epochs
+
+
+def _train_spec(data: FederatedData, algorithm: Algorithm):
+    """The training split the round sees: pooled into one client for ``centralized``."""
+    if algorithm.mode == "centralized":
+        return pool_clients(data.train)
+    return ClientData(*(np.asarray(a) for a in data.train))
 
 
 def build_round(
@@ -126,6 +187,7 @@ def build_round(
     data: FederatedData,
     clients_per_round: int,
     mesh: jax.sharding.Mesh | None = None,
+    stragglers: Stragglers | None = None,
 ) -> Callable[[ServerState, jax.Array, ClientData], tuple[ServerState, RoundMetrics]]:
     """Builds the pure round ``(state, round_key, train) -> (state, RoundMetrics)``.
 
@@ -133,33 +195,73 @@ def build_round(
     ``clients`` axis (each device trains ``K / D`` clients); the aggregate's sum over clients
     becomes a cross-device reduction inserted by XLA.
     """
+    spec = _train_spec(data, algorithm)
+    num_clients = spec.x.shape[0]
     plan = plan_local_work(
-        data.train.num_examples,
-        data.train.x.shape[1],
+        spec.num_examples,
+        spec.x.shape[1],
         local_epochs=algorithm.local_epochs,
         local_steps=algorithm.local_steps,
         batch_size=algorithm.batch_size,
     )
     client_update = make_client_update(
-        model, data.task, algorithm.client_optimizer, plan, algorithm.regularizer
+        model,
+        data.task,
+        algorithm.client_optimizer,
+        plan,
+        algorithm.regularizer,
+        algorithm.client_finalize,
     )
-    vmapped_update = jax.vmap(client_update, in_axes=(None, 0, 0, 0, 0, 0), axis_name="clients")
-    num_clients = data.num_clients
+    steps_per_client = None
+    if isinstance(algorithm.local_steps, tuple):
+        steps_per_client = jnp.asarray(algorithm.local_steps, jnp.int32)
     fold = jax.vmap(jax.random.fold_in, in_axes=(None, 0))
 
-    def round_fn(state: ServerState, key: jax.Array, train: ClientData):
-        k_select, k_clients, k_transform, k_aggregate = jax.random.split(key, 4)
+    def budget_for(ids, key, batch):
+        budget = jnp.full((ids.shape[0],), plan.max_steps, jnp.int32)
+        if steps_per_client is not None:
+            budget = steps_per_client[ids]
+        contributed = jnp.ones(ids.shape, bool)
+        if stragglers is not None and stragglers.count > 0:
+            k_who, k_work = jax.random.split(key)
+            late = (
+                jnp.zeros(ids.shape, bool)
+                .at[jax.random.permutation(k_who, ids.shape[0])[: stragglers.count]]
+                .set(True)
+            )
+            if stragglers.policy == "drop":
+                contributed = ~late
+            else:  # partial work: uniform in [1, E - 1] epochs (or [1, T - 1] steps)
+                if plan.local_epochs is not None:
+                    epochs = jax.random.randint(k_work, ids.shape, 1, plan.local_epochs)
+                    per_epoch = (batch.num_examples + plan.batch_size - 1) // plan.batch_size
+                    partial = epochs * per_epoch
+                else:
+                    partial = jax.random.randint(k_work, ids.shape, 1, budget)
+                budget = jnp.where(late, jnp.minimum(partial, budget), budget).astype(jnp.int32)
+        return budget, contributed
+
+    def federated(state: ServerState, key: jax.Array, train: ClientData):
+        k_select, k_clients, k_transform, k_aggregate, k_straggle = jax.random.split(key, 5)
         ids = select_uniform(k_select, num_clients, clients_per_round)
         batch = gather_clients(train, ids)
+        budget, contributed = budget_for(ids, k_straggle, batch)
         # Client randomness depends on (round, client id), not on the client's slot.
         client_keys = fold(k_clients, ids)
         client_states = _tree_take(state.client_states, ids)
         if mesh is not None:
-            batch, client_keys, client_states = jax.lax.with_sharding_constraint(
-                (batch, client_keys, client_states), client_sharding(mesh)
+            batch, client_keys, client_states, budget = jax.lax.with_sharding_constraint(
+                (batch, client_keys, client_states, budget), client_sharding(mesh)
             )
-        out = vmapped_update(
-            state.params, batch.x, batch.y, batch.num_examples, client_keys, client_states
+        out = jax.vmap(client_update, in_axes=(None, 0, 0, 0, 0, 0, None, 0), axis_name="clients")(
+            state.params,
+            batch.x,
+            batch.y,
+            batch.num_examples,
+            client_keys,
+            client_states,
+            state.algorithm_state,
+            budget,
         )
 
         def transform(delta, t_state, t_key):
@@ -168,31 +270,100 @@ def build_round(
         deltas, t_states = jax.vmap(transform)(
             out.delta, _tree_take(state.client_transform_states, ids), fold(k_transform, ids)
         )
-        if algorithm.weighting == "num_examples":
-            weights = batch.num_examples.astype(jnp.float32)
-        else:
-            weights = jnp.ones((clients_per_round,), jnp.float32)
+        n = batch.num_examples.astype(jnp.float32)
+        base = n if algorithm.weighting == "num_examples" else jnp.ones_like(n)
+        weights = jnp.where(contributed, base, 0.0)
         aggregate, agg_state = algorithm.aggregator.update(
-            deltas, state.aggregator_state, state.params, key=k_aggregate, weights=weights
+            deltas,
+            state.aggregator_state,
+            state.params,
+            key=k_aggregate,
+            weights=weights,
+            num_steps=out.num_steps,
+            num_clients=num_clients,
         )
         pseudo_grad = jax.tree.map(jnp.negative, aggregate)
         updates, opt_state = algorithm.server_optimizer.update(
             pseudo_grad, state.opt_state, state.params
         )
+        algorithm_state = state.algorithm_state
+        if algorithm.server_finalize is not None:
+            c = contributed.astype(jnp.float32)
+            algorithm_state = algorithm.server_finalize(
+                algorithm_state, _weighted_tree_mean(out.upload, c), num_clients, jnp.sum(c)
+            )
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(aggregate)]))
         new_state = ServerState(
             params=optax.apply_updates(state.params, updates),
             opt_state=opt_state,
             aggregator_state=agg_state,
-            client_transform_states=_tree_put(state.client_transform_states, ids, t_states),
-            client_states=_tree_put(state.client_states, ids, out.client_state),
+            algorithm_state=algorithm_state,
+            client_transform_states=_tree_put(
+                state.client_transform_states, ids, t_states, contributed
+            ),
+            client_states=_tree_put(state.client_states, ids, out.client_state, contributed),
             round=state.round + 1,
         )
+        w = jnp.where(contributed, n, 0.0)
+        train_loss = jnp.sum(out.train_loss * w) / jnp.maximum(jnp.sum(w), 1.0)
+        return new_state, RoundMetrics(train_loss, finite, ids, contributed, out.num_steps)
+
+    def cyclic(state: ServerState, key: jax.Array, train: ClientData):
+        # Deterministic cyclic order: round r visits clients rK, ..., rK + K - 1 (mod C).
+        ids = (state.round * clients_per_round + jnp.arange(clients_per_round)) % num_clients
+        ids = ids.astype(jnp.int32)
+        keys = fold(key, ids)
+
+        def visit(params, inputs):
+            cid, ck = inputs
+            out = client_update(params, train.x[cid], train.y[cid], train.num_examples[cid], ck)
+            return jax.tree.map(jnp.add, params, out.delta), (out.train_loss, out.num_steps)
+
+        end, (losses, steps) = jax.lax.scan(visit, state.params, (ids, keys))
+        pseudo_grad = jax.tree.map(jnp.subtract, state.params, end)  # -(total change)
+        updates, opt_state = algorithm.server_optimizer.update(
+            pseudo_grad, state.opt_state, state.params
+        )
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(end)]))
+        n = train.num_examples[ids].astype(jnp.float32)
+        train_loss = jnp.sum(losses * n) / jnp.maximum(jnp.sum(n), 1.0)
+        new_state = state._replace(
+            params=optax.apply_updates(state.params, updates),
+            opt_state=opt_state,
+            round=state.round + 1,
+        )
+        contributed = jnp.ones(ids.shape, bool)
+        return new_state, RoundMetrics(train_loss, finite, ids, contributed, steps)
+
+    def local(state: ServerState, key: jax.Array, train: ClientData):
+        k_select, k_clients = jax.random.split(key)
+        ids = select_uniform(k_select, num_clients, clients_per_round)
+        batch = gather_clients(train, ids)
+        client_keys = fold(k_clients, ids)
+        start = _tree_take(state.client_states, ids)
+        if mesh is not None:
+            batch, client_keys, start = jax.lax.with_sharding_constraint(
+                (batch, client_keys, start), client_sharding(mesh)
+            )
+        out = jax.vmap(client_update, in_axes=(0, 0, 0, 0, 0))(
+            start, batch.x, batch.y, batch.num_examples, client_keys
+        )
+        new_params = jax.tree.map(jnp.add, start, out.delta)
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(new_params)]))
         n = batch.num_examples.astype(jnp.float32)
         train_loss = jnp.sum(out.train_loss * n) / jnp.maximum(jnp.sum(n), 1.0)
-        return new_state, RoundMetrics(train_loss, finite, ids, out.num_steps)
+        new_state = state._replace(
+            client_states=_tree_put(state.client_states, ids, new_params),
+            round=state.round + 1,
+        )
+        contributed = jnp.ones(ids.shape, bool)
+        return new_state, RoundMetrics(train_loss, finite, ids, contributed, out.num_steps)
 
-    return round_fn
+    if algorithm.mode == "cyclic":
+        return cyclic
+    if algorithm.mode == "local":
+        return local
+    return federated  # "federated" and "centralized" (one pooled client)
 
 
 def build_block(round_fn):
@@ -230,7 +401,17 @@ def summarize_clients(values: np.ndarray, counts: np.ndarray, higher_is_better: 
 _HIGHER_IS_BETTER = {"accuracy": True, "loss": False, "mse": False}
 
 
-def _validate(algorithm, model, data, rounds, clients_per_round, eval_every, seed):
+def _validate(
+    algorithm,
+    model,
+    data,
+    rounds,
+    clients_per_round,
+    eval_every,
+    seed,
+    stragglers,
+    straggler_policy,
+):
     if not isinstance(algorithm, Algorithm):
         raise ValueError(f"algorithm must be an fljax Algorithm, got {type(algorithm).__name__}")
     if not isinstance(model, Model):
@@ -240,8 +421,9 @@ def _validate(algorithm, model, data, rounds, clients_per_round, eval_every, see
     for name, value in (("rounds", rounds), ("eval_every", eval_every)):
         if not isinstance(value, int | np.integer) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if not isinstance(clients_per_round, int | np.integer) or not (
-        1 <= clients_per_round <= data.num_clients
+    if algorithm.mode != "centralized" and (
+        not isinstance(clients_per_round, int | np.integer)
+        or not (1 <= clients_per_round <= data.num_clients)
     ):
         raise ValueError(
             f"clients_per_round must be an integer in [1, num_clients={data.num_clients}], "
@@ -251,6 +433,38 @@ def _validate(algorithm, model, data, rounds, clients_per_round, eval_every, see
         raise ValueError(f"seed must be an integer, got {seed!r}")
     if int(data.test.num_examples.sum()) == 0:
         raise ValueError("the federation has no test examples (test_fraction=0?)")
+    if isinstance(algorithm.local_steps, tuple):
+        if algorithm.mode == "centralized":
+            raise ValueError("per-client local_steps make no sense for centralized training")
+        if len(algorithm.local_steps) != data.num_clients:
+            raise ValueError(
+                f"local_steps has {len(algorithm.local_steps)} entries but the federation has "
+                f"{data.num_clients} clients"
+            )
+    if not 0.0 <= stragglers < 1.0:
+        raise ValueError(f"stragglers must be a fraction in [0, 1), got {stragglers}")
+    if straggler_policy not in STRAGGLER_POLICIES:
+        raise ValueError(
+            f"straggler_policy={straggler_policy!r} is not one of {STRAGGLER_POLICIES}"
+        )
+    if stragglers > 0:
+        if algorithm.mode != "federated":
+            raise ValueError(f"stragglers need mode='federated', not {algorithm.mode!r}")
+        work = algorithm.local_epochs or max(np.atleast_1d(algorithm.local_steps))
+        if straggler_policy == "partial" and work < 2:
+            raise ValueError(
+                "straggler_policy='partial' needs local_epochs >= 2 (or local_steps >= 2): "
+                "stragglers do a uniform 1..E-1 epochs"
+            )
+    if algorithm.mode == "cyclic" and (
+        algorithm.client_state_init or algorithm.server_state_init or algorithm.client_finalize
+    ):
+        raise ValueError("mode='cyclic' supports no client or server algorithm state")
+
+
+def _tree_bytes(tree) -> int:
+    """Bytes of a dense encoding of arrays or shape structs."""
+    return int(sum(math.prod(a.shape) * np.dtype(a.dtype).itemsize for a in jax.tree.leaves(tree)))
 
 
 def simulate(
@@ -263,6 +477,8 @@ def simulate(
     seed: int = 0,
     eval_every: int = 1,
     params: PyTree | None = None,
+    stragglers: float = 0.0,
+    straggler_policy: str = "drop",
     devices: Sequence[jax.Device] | None = None,
     callbacks: Sequence[Callable[[dict], None]] = (),
     progress: bool = False,
@@ -274,13 +490,21 @@ def simulate(
         model: from :func:`fljax.models.get`.
         data: the federation, from :func:`fljax.data.load`.
         rounds: total rounds.
-        clients_per_round: ``K`` clients sampled uniformly without replacement each round.
+        clients_per_round: ``K`` clients sampled uniformly without replacement each round (in
+            cyclic mode: the next ``K`` clients of the cycle; ignored by centralized training,
+            which has one pooled dataset).
         seed: the one seed every random choice derives from (initialisation, client
-            selection, minibatches); equal seeds give bit-identical histories on one backend.
+            selection, minibatches, stragglers); equal seeds give bit-identical histories on one
+            backend and device count.
         eval_every: rounds per compiled block; the global model is evaluated on every client's
             test split at round 0 and after each block (and at the last round).
         params: initial global parameters (a warm start or a pretrained model); by default
             ``model.init`` with a key derived from ``seed``.
+        stragglers: fraction of the selected clients that are stragglers each round: exactly
+            ``K - round(K (1 - stragglers))`` of them, chosen at random (FedProx's protocol).
+        straggler_policy: ``"drop"`` (their updates are not aggregated, as FedAvg does) or
+            ``"partial"`` (they send the work done in a uniform 1..E-1 local epochs, as
+            FedProx does).
         devices: devices to split the selected clients over (default: all local devices of
             the default backend; the largest count dividing ``clients_per_round`` is used).
             On CPU, :func:`fljax.set_host_device_count` exposes one device per core.
@@ -298,7 +522,20 @@ def simulate(
         NonFiniteUpdateError: a round's aggregated update is NaN/inf; the message names the
             round, and the history entries already passed to ``callbacks`` stay valid.
     """
-    _validate(algorithm, model, data, rounds, clients_per_round, eval_every, seed)
+    _validate(
+        algorithm,
+        model,
+        data,
+        rounds,
+        clients_per_round,
+        eval_every,
+        seed,
+        stragglers,
+        straggler_policy,
+    )
+    mode = algorithm.mode
+    if mode == "centralized":
+        clients_per_round = 1
     t_start = time.perf_counter()
     root = jax.random.key(int(seed))
     k_init, k_rounds = jax.random.split(root)
@@ -316,31 +553,55 @@ def simulate(
             f"model {model.name!r} outputs {out_shape[-1]} values per example but the "
             f"{data.task} dataset {data.name!r} needs {expected} (num_classes)"
         )
-    state = init_state(algorithm, params, data.num_clients)
-    train = ClientData(*(jnp.asarray(a) for a in data.train))
+    straggle = None
+    if stragglers > 0:
+        count = clients_per_round - int(round(clients_per_round * (1.0 - stragglers)))
+        straggle = Stragglers(count, straggler_policy)
+    spec = _train_spec(data, algorithm)
+    num_train_clients = spec.x.shape[0]
+    state = init_state(algorithm, params, num_train_clients)
+    train = ClientData(*(jnp.asarray(a) for a in spec))
     test = ClientData(*(jnp.asarray(a) for a in data.test))
-    mesh = client_mesh(clients_per_round, devices)
+    mesh = None if mode in ("cyclic", "centralized") else client_mesh(clients_per_round, devices)
     if mesh is not None:  # data and server state replicated; per-round client work split
         state, train, test = jax.device_put((state, train, test), replicated(mesh))
-        params = state.params
 
+    per_client = mode == "local"
+    eval_params = (lambda st: st.client_states) if per_client else (lambda st: st.params)
     compile_s = 0.0
     t0 = time.perf_counter()
-    evaluate = jax.jit(evaluate_fn(model, data.task)).lower(params, *test).compile()
+    evaluate = (
+        jax.jit(evaluate_fn(model, data.task, per_client_params=per_client))
+        .lower(eval_params(state), *test)
+        .compile()
+    )
     compile_s += time.perf_counter() - t0
-    run_block = jax.jit(build_block(build_round(algorithm, model, data, clients_per_round, mesh)))
+    run_block = jax.jit(
+        build_block(build_round(algorithm, model, data, clients_per_round, mesh, straggle))
+    )
     compiled_blocks: dict[int, Any] = {}
 
+    # Bytes on the wire per client and round (dense float32 encoding of every message).
     model_bytes = param_bytes(params)
+    if mode == "federated":
+        up_each = model_bytes + _tree_bytes(
+            _client_upload_shape(algorithm, model, data, spec, params, state)
+        )
+        down_each = model_bytes + _tree_bytes(state.algorithm_state)
+    elif mode == "cyclic":
+        up_each = down_each = model_bytes
+    else:  # centralized and local training send nothing
+        up_each = down_each = 0
     test_counts = np.asarray(data.test.num_examples)
     participation = np.zeros(data.num_clients, np.int64)
     history: list[dict] = []
-    selected: list[np.ndarray] = []
+    selected, contributed, num_steps = [], [], []
+    totals = {"up": 0, "down": 0}
 
-    def record(round_idx: int, params, train_losses) -> dict:
-        per_client = jax.device_get(evaluate(params, *test))
+    def record(round_idx: int, st, train_losses) -> dict:
+        per_client_metrics = jax.device_get(evaluate(eval_params(st), *test))
         metrics, client_metrics = {}, {}
-        for name, values in per_client.items():
+        for name, values in per_client_metrics.items():
             values = np.asarray(values, np.float64)
             client_metrics[f"test_{name}"] = values.tolist()
             for suffix, v in summarize_clients(
@@ -354,8 +615,8 @@ def simulate(
             "round": round_idx,
             "metrics": metrics,
             "client_metrics": client_metrics,
-            "bytes_up": int(round_idx * clients_per_round * model_bytes),
-            "bytes_down": int(round_idx * clients_per_round * model_bytes),
+            "bytes_up": int(totals["up"]),
+            "bytes_down": int(totals["down"]),
         }
         history.append(entry)
         for cb in callbacks:
@@ -368,7 +629,7 @@ def simulate(
 
         bar = tqdm(total=rounds, unit="round", desc=f"{algorithm.name}/{data.name}")
     try:
-        record(0, state.params, None)
+        record(0, state, None)
         start = 0
         while start < rounds:
             end = min(start + eval_every, rounds)
@@ -388,9 +649,16 @@ def simulate(
                     f"round {bad}: the aggregated update is not finite (NaN or inf); lower the "
                     f"learning rates or clip updates. Metrics up to round {start} were kept."
                 )
-            selected.append(np.asarray(metrics.client_ids))
-            np.add.at(participation, selected[-1].ravel(), 1)
-            entry = record(end, state.params, metrics.train_loss)
+            ids = np.asarray(metrics.client_ids)
+            took_part = np.asarray(metrics.contributed)
+            selected.append(ids)
+            contributed.append(took_part)
+            num_steps.append(np.asarray(metrics.num_steps))
+            if mode != "centralized":
+                np.add.at(participation, ids[took_part], 1)
+            totals["up"] += int(took_part.sum()) * up_each
+            totals["down"] += int(ids.size) * down_each
+            entry = record(end, state, metrics.train_loss)
             if bar is not None:
                 m = entry["metrics"]
                 shown = {k: f"{m[k]:.4f}" for k in ("test_loss", "test_accuracy") if k in m}
@@ -408,4 +676,39 @@ def simulate(
         wall_s=time.perf_counter() - t_start,
         compile_s=compile_s,
         selected=np.concatenate(selected, axis=0),
+        contributed=np.concatenate(contributed, axis=0),
+        num_steps=np.concatenate(num_steps, axis=0),
     )
+
+
+def _client_upload_shape(algorithm, model, data, spec, params, state):
+    """Shape of one client's extra upload (``()`` for most algorithms)."""
+    if algorithm.client_finalize is None:
+        return ()
+    plan = plan_local_work(
+        spec.num_examples,
+        spec.x.shape[1],
+        local_epochs=algorithm.local_epochs,
+        local_steps=algorithm.local_steps,
+        batch_size=algorithm.batch_size,
+    )
+    update = make_client_update(
+        model,
+        data.task,
+        algorithm.client_optimizer,
+        plan,
+        algorithm.regularizer,
+        algorithm.client_finalize,
+    )
+    one_state = jax.tree.map(lambda a: a[0], state.client_states)
+    out = jax.eval_shape(
+        update,
+        params,
+        spec.x[0],
+        spec.y[0],
+        spec.num_examples[0],
+        jax.random.key(0),
+        one_state,
+        state.algorithm_state,
+    )
+    return out.upload

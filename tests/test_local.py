@@ -87,7 +87,7 @@ def test_regularizer_enters_the_local_objective():
     plan = plan_local_work(np.array([4]), 4, local_epochs=2, local_steps=None, batch_size=None)
     mu, lr = 0.5, 0.1
 
-    def prox(p, g, s):
+    def prox(p, g, s, server):
         return (
             0.5
             * mu

@@ -85,3 +85,32 @@ def test_cli_writes_the_run_folder(tmp_path):
     for name in (".hydra/config.yaml", "metrics.jsonl", "summary.json", "checkpoint"):
         assert (tmp_path / name).exists(), name
     assert fljax.load_run(tmp_path).config["model"]["name"] == "logistic"
+
+
+def test_one_command_sweeps_every_algorithm(tmp_path):
+    """`fljax-run -m algorithm=<all>`: one run folder per algorithm, each finished."""
+    algos = sorted(p.stem for p in (Path(CONF_DIR) / "algorithm").glob("*.yaml"))
+    assert set(algos) == set(fljax.algorithms.names())
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fljax.run",
+            "-m",
+            f"algorithm={','.join(algos)}",
+            "rounds=2",
+            "eval_every=2",
+            "clients_per_round=4",
+            "model=logistic",
+            "progress=false",
+            "checkpoint=false",
+            f"hydra.sweep.dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    summaries = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*/summary.json"))]
+    assert sorted(s["algorithm"] for s in summaries) == algos
+    assert all(s["status"] == "finished" for s in summaries)

@@ -2,3 +2,6 @@
 
 from fljax.aggregate._mean import mean as mean
 from fljax.aggregate._mean import weighted_mean as weighted_mean
+from fljax.aggregate._normalized import FedDynState as FedDynState
+from fljax.aggregate._normalized import feddyn as feddyn
+from fljax.aggregate._normalized import fednova as fednova

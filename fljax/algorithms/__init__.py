@@ -1,7 +1,21 @@
 """Named algorithms: client objective, transforms, aggregator and server optimizer, composed."""
 
+from fljax.algorithms._algorithm import MODES as MODES
 from fljax.algorithms._algorithm import Algorithm as Algorithm
-from fljax.algorithms._algorithm import fedavg as fedavg
 from fljax.algorithms._algorithm import get as get
 from fljax.algorithms._algorithm import names as names
 from fljax.algorithms._algorithm import register as register
+from fljax.algorithms._builders import centralized as centralized
+from fljax.algorithms._builders import cyclic as cyclic
+from fljax.algorithms._builders import fedadagrad as fedadagrad
+from fljax.algorithms._builders import fedadam as fedadam
+from fljax.algorithms._builders import fedavg as fedavg
+from fljax.algorithms._builders import fedavgm as fedavgm
+from fljax.algorithms._builders import feddyn as feddyn
+from fljax.algorithms._builders import fednova as fednova
+from fljax.algorithms._builders import fedprox as fedprox
+from fljax.algorithms._builders import fedyogi as fedyogi
+from fljax.algorithms._builders import local as local
+from fljax.algorithms._builders import scaffold as scaffold
+from fljax.algorithms._fedopt import FedOptState as FedOptState
+from fljax.algorithms._fedopt import fedopt as fedopt

@@ -8,12 +8,14 @@ from typing import Any, NamedTuple
 
 import optax
 
-from fljax import aggregate
-from fljax._base import Transform, identity
+from fljax._base import Transform
 
 CLIENT_OPTIMIZERS = ("sgd", "adam", "adamw", "adagrad", "rmsprop", "yogi")
 SERVER_OPTIMIZERS = ("sgd", "adam", "adagrad", "yogi")
 WEIGHTINGS = ("num_examples", "uniform")
+
+
+MODES = ("federated", "cyclic", "centralized", "local")
 
 
 class Algorithm(NamedTuple):
@@ -23,27 +25,44 @@ class Algorithm(NamedTuple):
         name: registry name.
         client_optimizer: optax optimizer of the local steps (re-initialised every round).
         local_epochs: passes over local data per round (``None`` in fixed-step mode).
-        local_steps: fixed local steps per round (``None`` in epoch mode).
+        local_steps: fixed local steps per round, one int or one per client (``None`` in
+            epoch mode).
         batch_size: local minibatch size; ``None`` means full batch.
         client_transform: applied to ONE client's delta, vmapped; its state persists per client.
-        aggregator: ``deltas[K, ...], weights[K] -> update``.
+        aggregator: ``deltas[K, ...], weights[K] -> update``; also receives ``num_steps[K]``
+            and ``num_clients`` as keyword arguments.
         server_optimizer: optax transform applied to the pseudo-gradient ``-aggregate``.
         weighting: aggregation weights, ``"num_examples"`` (FedAvg) or ``"uniform"``.
-        regularizer: optional ``(params, global_params, client_state) -> scalar`` added to the
-            local objective.
+        regularizer: ``(params, global_params, client_state, server_state) -> scalar`` added to
+            the local objective, or ``None``.
+        client_state_init: ``params -> state`` of ONE client, persisted for every client
+            (stacked ``[C, ...]``), gathered for the selected ones and scattered back.
+        server_state_init: ``params -> state`` the server keeps and sends to the clients.
+        client_finalize: ``ClientContext -> (client_state, upload)`` after local training.
+        server_finalize: ``(server_state, mean_upload, num_clients, clients_per_round) ->
+            server_state``, with the unweighted mean of the selected clients' uploads.
+        mode: ``"federated"`` (clients train in parallel from the global model),
+            ``"cyclic"`` (the model visits the selected clients one after another),
+            ``"centralized"`` (one model on the pooled training data) or ``"local"`` (every
+            client trains only its own model).
         hparams: the hyperparameters the algorithm was built with (for logs and tables).
     """
 
     name: str
     client_optimizer: optax.GradientTransformation
     local_epochs: int | None
-    local_steps: int | None
+    local_steps: int | tuple[int, ...] | None
     batch_size: int | None
     client_transform: Transform
     aggregator: Transform
     server_optimizer: optax.GradientTransformation
     weighting: str = "num_examples"
     regularizer: Callable | None = None
+    client_state_init: Callable | None = None
+    server_state_init: Callable | None = None
+    client_finalize: Callable | None = None
+    server_finalize: Callable | None = None
+    mode: str = "federated"
     hparams: dict = {}
 
 
@@ -69,9 +88,17 @@ def make_optimizer(
 
 
 def local_work(local_epochs, local_steps, batch_size):
-    """Validates the local-work hyperparameters (exactly one of epochs / steps)."""
+    """Validates the local-work hyperparameters (exactly one of epochs / steps).
+
+    ``local_steps`` may be one integer or a sequence with one integer per client.
+    """
     local_epochs = _positive("local_epochs", local_epochs, integer=True, allow_none=True)
-    local_steps = _positive("local_steps", local_steps, integer=True, allow_none=True)
+    if isinstance(local_steps, list | tuple):
+        if not local_steps:
+            raise ValueError("local_steps must not be an empty list")
+        local_steps = tuple(_positive("local_steps", s, integer=True) for s in local_steps)
+    else:
+        local_steps = _positive("local_steps", local_steps, integer=True, allow_none=True)
     batch_size = _positive("batch_size", batch_size, integer=True, allow_none=True)
     if (local_epochs is None) == (local_steps is None):
         raise ValueError(
@@ -81,67 +108,7 @@ def local_work(local_epochs, local_steps, batch_size):
     return local_epochs, local_steps, batch_size
 
 
-def fedavg(
-    client_lr: float = 0.1,
-    local_epochs: int | None = 1,
-    local_steps: int | None = None,
-    batch_size: int | None = 32,
-    server_lr: float = 1.0,
-    client_optimizer: str = "sgd",
-    client_momentum: float | None = None,
-    weighting: str = "num_examples",
-) -> Algorithm:
-    r"""Federated Averaging.
-
-    Each selected client runs local SGD from the global model; the server averages the deltas
-    :math:`\Delta_k = w_k - w` with weights :math:`n_k` and applies the pseudo-gradient
-    :math:`-\bar\Delta` with SGD at ``server_lr`` (``server_lr = 1`` is classic FedAvg,
-    :math:`w \leftarrow w + \bar\Delta`).
-
-    References:
-        McMahan et al. (2017), "Communication-Efficient Learning of Deep Networks from
-        Decentralized Data", AISTATS, Algorithm 1; the server-optimizer view is Reddi et al.
-        (2021), "Adaptive Federated Optimization", ICLR, Algorithm 1.
-    """
-    client_lr = _positive("client_lr", client_lr)
-    server_lr = _positive("server_lr", server_lr)
-    local_epochs, local_steps, batch_size = local_work(local_epochs, local_steps, batch_size)
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"weighting={weighting!r} is not one of {WEIGHTINGS}")
-    opt_kwargs = {}
-    if client_momentum is not None:
-        if client_optimizer != "sgd":
-            raise ValueError("client_momentum applies only to client_optimizer='sgd'")
-        if not 0 <= client_momentum < 1:
-            raise ValueError(f"client_momentum must be in [0, 1), got {client_momentum}")
-        opt_kwargs["momentum"] = float(client_momentum)
-    hparams = dict(
-        client_lr=client_lr,
-        local_epochs=local_epochs,
-        local_steps=local_steps,
-        batch_size=batch_size,
-        server_lr=server_lr,
-        client_optimizer=client_optimizer,
-        client_momentum=client_momentum,
-        weighting=weighting,
-    )
-    return Algorithm(
-        name="fedavg",
-        client_optimizer=make_optimizer(
-            client_optimizer, client_lr, CLIENT_OPTIMIZERS, "client_optimizer", **opt_kwargs
-        ),
-        local_epochs=local_epochs,
-        local_steps=local_steps,
-        batch_size=batch_size,
-        client_transform=identity(),
-        aggregator=aggregate.weighted_mean(),
-        server_optimizer=optax.sgd(server_lr),
-        weighting=weighting,
-        hparams=hparams,
-    )
-
-
-_REGISTRY: dict[str, Callable[..., Algorithm]] = {"fedavg": fedavg}
+_REGISTRY: dict[str, Callable[..., Algorithm]] = {}
 
 
 def names() -> list[str]:

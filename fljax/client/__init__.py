@@ -1,5 +1,6 @@
 """Local training: the per-client loop lifted over clients with ``jax.vmap``."""
 
+from fljax.client._local import ClientContext as ClientContext
 from fljax.client._local import ClientOutput as ClientOutput
 from fljax.client._local import LocalPlan as LocalPlan
 from fljax.client._local import batch_indices as batch_indices

@@ -37,7 +37,7 @@ class LocalPlan(NamedTuple):
     batch_size: int
     full_batch: bool
     local_epochs: int | None
-    local_steps: int | None
+    local_steps: int | None  # the largest, when clients have their own step counts
     max_steps: int
     num_epochs: int
 
@@ -47,7 +47,7 @@ def plan_local_work(
     n_max: int,
     *,
     local_epochs: int | None,
-    local_steps: int | None,
+    local_steps: int | tuple[int, ...] | None,
     batch_size: int | None,
 ) -> LocalPlan:
     """Derives the static :class:`LocalPlan` for clients of sizes ``num_examples[C]``.
@@ -76,8 +76,9 @@ def plan_local_work(
             int(local_epochs * steps_per_epoch.max()),
             int(local_epochs),
         )
-    epochs = int(math.ceil(local_steps / steps_per_epoch.min()))
-    return LocalPlan(b, full, None, int(local_steps), int(local_steps), epochs)
+    t = int(np.max(local_steps))
+    epochs = int(math.ceil(t / steps_per_epoch.min()))
+    return LocalPlan(b, full, None, t, t, epochs)
 
 
 def num_local_steps(n: jax.Array, plan: LocalPlan) -> jax.Array:
@@ -155,15 +156,28 @@ def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
 
 
 class ClientOutput(NamedTuple):
-    """What one client returns: its model delta, the new persistent state, training metrics."""
+    """What one client returns to the round."""
 
     delta: PyTree  # w_local - w_global, same tree as params
+    client_state: PyTree  # the client's new persistent state
+    upload: PyTree  # extra message to the server (e.g. SCAFFOLD's delta c_i); () if none
+    train_loss: jax.Array  # (), float32: mean batch data loss over the steps taken
+    num_steps: jax.Array  # (), int32: local steps taken
+
+
+class ClientContext(NamedTuple):
+    """What an algorithm's ``client_finalize`` sees after local training (one client)."""
+
+    global_params: PyTree
+    local_params: PyTree
+    delta: PyTree
     client_state: PyTree
-    train_loss: jax.Array  # (), float32: mean batch loss over the steps taken
+    server_state: PyTree
     num_steps: jax.Array  # (), int32
+    grad_fn: Callable[[PyTree], PyTree]  # full-batch gradient of the data loss at given params
 
 
-Regularizer = Callable[[PyTree, PyTree, PyTree], jax.Array]
+Regularizer = Callable[[PyTree, PyTree, PyTree, PyTree], jax.Array]
 
 
 def make_client_update(
@@ -172,30 +186,38 @@ def make_client_update(
     optimizer: optax.GradientTransformation,
     plan: LocalPlan,
     regularizer: Regularizer | None = None,
+    finalize: Callable[[ClientContext], tuple[PyTree, PyTree]] | None = None,
 ):
-    """Builds ``client_update(global_params, x[N,...], y[N], n, key, client_state)``.
+    """Builds the local update of ONE client; the round lifts it with ``jax.vmap``.
 
-    It returns a :class:`ClientOutput`.
-
-    The local objective is the masked mean example loss of the batch plus
-    ``regularizer(params, global_params, client_state)`` (e.g. FedProx's proximal term). Write
-    it for ONE client; the round lifts it with ``jax.vmap``.
+    ``client_update(global_params, x[N,...], y[N], n, key, client_state=(), server_state=(),
+    budget=None) -> ClientOutput``. The local objective is the masked mean example loss of the
+    batch plus ``regularizer(params, global_params, client_state, server_state)`` (FedProx's
+    proximal term, SCAFFOLD's correction, FedDyn's linear and quadratic terms). The client
+    takes ``min(num_local_steps(n), budget)`` steps; later steps are masked no-ops. Batches
+    come from ``batch_indices(split(key)[0], ...)``. ``finalize(ClientContext) ->
+    (client_state, upload)`` computes the new persistent state and any extra upload.
     """
     example_loss = example_loss_fn(task)
 
-    def batch_loss(params, xb, yb, mb, key, global_params, client_state):
-        out = model.apply(params, xb, train=True, key=key)
-        data = masked_mean(example_loss(out, yb), mb)
-        reg = 0.0 if regularizer is None else regularizer(params, global_params, client_state)
-        return data + reg, data
+    def data_loss(params, xb, yb, mb, key):
+        return masked_mean(example_loss(model.apply(params, xb, train=True, key=key), yb), mb)
+
+    def batch_loss(params, xb, yb, mb, key, global_params, client_state, server_state):
+        data = data_loss(params, xb, yb, mb, key)
+        if regularizer is None:
+            return data, data
+        return data + regularizer(params, global_params, client_state, server_state), data
 
     grad_fn = jax.grad(batch_loss, has_aux=True)
 
-    def client_update(global_params, x, y, n, key, client_state=()):
+    def client_update(global_params, x, y, n, key, client_state=(), server_state=(), budget=None):
         n_max = x.shape[0]
         k_batches, k_steps = jax.random.split(key)
         idx, mask = batch_indices(k_batches, n, n_max, plan)
         steps = num_local_steps(n, plan)
+        if budget is not None:
+            steps = jnp.minimum(steps, budget).astype(jnp.int32)
         opt_state = optimizer.init(global_params)
 
         def step(carry, inputs):
@@ -205,8 +227,15 @@ def make_client_update(
                 xb, yb = x, y
             else:
                 xb, yb = x[idx_t], y[idx_t]
-            grads, data_loss = grad_fn(
-                params, xb, yb, mask_t, jax.random.fold_in(k_steps, t), global_params, client_state
+            grads, loss = grad_fn(
+                params,
+                xb,
+                yb,
+                mask_t,
+                jax.random.fold_in(k_steps, t),
+                global_params,
+                client_state,
+                server_state,
             )
             updates, new_opt_state = optimizer.update(grads, opt_state, params)
             new_params = optax.apply_updates(params, updates)
@@ -214,19 +243,33 @@ def make_client_update(
             keep = lambda new, old: jnp.where(active, new, old)  # noqa: E731
             params = jax.tree.map(keep, new_params, params)
             opt_state = jax.tree.map(keep, new_opt_state, opt_state)
-            return (params, opt_state, loss_sum + jnp.where(active, data_loss, 0.0)), None
+            return (params, opt_state, loss_sum + jnp.where(active, loss, 0.0)), None
 
         init = (global_params, opt_state, jnp.zeros((), jnp.float32))
         (params, _, loss_sum), _ = jax.lax.scan(step, init, (jnp.arange(plan.max_steps), idx, mask))
         delta = jax.tree.map(jnp.subtract, params, global_params)
         train_loss = loss_sum / jnp.maximum(steps, 1).astype(jnp.float32)
-        return ClientOutput(delta, client_state, train_loss, steps)
+        new_state, upload = client_state, ()
+        if finalize is not None:
+            full_mask = jnp.arange(n_max) < n
+
+            def full_grad(p):
+                return jax.grad(data_loss)(p, x, y, full_mask, k_steps)
+
+            ctx = ClientContext(
+                global_params, params, delta, client_state, server_state, steps, full_grad
+            )
+            new_state, upload = finalize(ctx)
+        return ClientOutput(delta, new_state, upload, train_loss, steps)
 
     return client_update
 
 
-def evaluate_fn(model: Model, task: str):
+def evaluate_fn(model: Model, task: str, per_client_params: bool = False):
     """Builds ``evaluate(params, x[C,M,...], y[C,M], n[C]) -> {metric: [C]}`` (vmapped over C).
+
+    With ``per_client_params`` the params are stacked ``[C, ...]`` and client ``c`` is scored
+    with its own model (local-only training, personalization).
 
     Classification reports ``loss`` (cross-entropy) and ``accuracy``; regression ``loss``
     (squared error) and ``mse``. Clients with no test examples get 0 (weight them by ``n``).
@@ -243,4 +286,4 @@ def evaluate_fn(model: Model, task: str):
             metrics["mse"] = metrics["loss"]
         return metrics
 
-    return jax.vmap(one, in_axes=(None, 0, 0, 0))
+    return jax.vmap(one, in_axes=(0 if per_client_params else None, 0, 0, 0))
