@@ -24,6 +24,10 @@ from fljax.simulate import SimulationResult, simulate
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
 def client_table(data, entry: dict) -> str:
     """A per-hospital table of the test metrics of one history entry."""
     cm = entry["client_metrics"]
@@ -33,14 +37,14 @@ def client_table(data, entry: dict) -> str:
     for i, name in enumerate(data.client_names):
         rows.append(
             [name, str(int(data.num_examples[i])), str(cm["num_test_examples"][i])]
-            + [f"{cm[k][i]:.4f}" for k in metric_names]
+            + [_fmt(cm[k][i]) for k in metric_names]
         )
     m = entry["metrics"]
     rows.append(
         ["pooled", str(int(data.num_examples.sum())), str(sum(cm["num_test_examples"]))]
-        + [f"{m[k]:.4f}" for k in metric_names]
+        + [_fmt(m[k]) for k in metric_names]
     )
-    rows.append(["client mean", "", ""] + [f"{m[k + '_client_mean']:.4f}" for k in metric_names])
+    rows.append(["client mean", "", ""] + [_fmt(m[k + "_client_mean"]) for k in metric_names])
     widths = [max(len(r[j]) for r in [header, *rows]) for j in range(len(header))]
     fmt = lambda r: "  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True))  # noqa: E731
     return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, rows)])

@@ -23,6 +23,7 @@ from fljax._devices import client_mesh, client_sharding, replicated
 from fljax.algorithms import Algorithm
 from fljax.client import evaluate_fn, make_client_update, plan_local_work
 from fljax.data import ClientData, FederatedData, gather_clients
+from fljax.metrics import HIGHER_IS_BETTER, summarize
 from fljax.models import Model, num_params, param_bytes
 
 PyTree = Any
@@ -58,7 +59,7 @@ class ServerState(NamedTuple):
 class RoundMetrics(NamedTuple):
     """Per-round outputs of the compiled round (stacked ``[L, ...]`` over a block)."""
 
-    train_loss: jax.Array  # (), float32: example-weighted mean local loss of contributors
+    train_loss: jax.Array  # (), float32: example-weighted mean local-step loss of contributors
     finite: jax.Array  # (), bool: aggregated update is finite
     client_ids: jax.Array  # (K,), int32: the selected clients
     contributed: jax.Array  # (K,), bool: the client's update was aggregated (not dropped)
@@ -72,8 +73,10 @@ class SimulationResult:
     Attributes:
         params: final global parameters.
         history: one dict per evaluation (round 0 and every ``eval_every`` rounds): ``round``,
-            ``metrics`` (global scalars), ``client_metrics`` (lists over clients),
-            ``bytes_up`` / ``bytes_down`` (cumulative).
+            ``metrics`` (global scalars: ``test_<m>`` example-weighted over clients, i.e. the
+            pooled test metric, ``test_<m>_client_mean``, ``_client_std``, ``_worst``;
+            ``local_loss``; ``train_<m>...`` with ``eval_train``), ``client_metrics`` (lists
+            over clients), ``bytes_up`` / ``bytes_down`` (cumulative).
         state: final :class:`ServerState`.
         num_params: scalar parameters of the model.
         wall_s: wall time of the simulation, compilation included.
@@ -382,23 +385,9 @@ def build_block(round_fn):
     return run_block
 
 
-def summarize_clients(values: np.ndarray, counts: np.ndarray, higher_is_better: bool) -> dict:
-    """Example-weighted (pooled) mean, unweighted client mean, std and worst client.
-
-    Clients with no examples are left out of every figure.
-    """
-    keep = counts > 0
-    v, c = values[keep], counts[keep].astype(np.float64)
-    worst = v.min() if higher_is_better else v.max()
-    return {
-        "": float(np.sum(v * c) / np.sum(c)),
-        "_client_mean": float(v.mean()),
-        "_client_std": float(v.std()),
-        "_worst": float(worst),
-    }
-
-
-_HIGHER_IS_BETTER = {"accuracy": True, "loss": False, "mse": False}
+def _json_list(values: np.ndarray) -> list:
+    """Per-client values for JSON: undefined (NaN) entries become ``None``."""
+    return [float(v) if np.isfinite(v) else None for v in values]
 
 
 def _validate(
@@ -479,11 +468,12 @@ def simulate(
     params: PyTree | None = None,
     stragglers: float = 0.0,
     straggler_policy: str = "drop",
+    eval_train: bool = False,
     devices: Sequence[jax.Device] | None = None,
     callbacks: Sequence[Callable[[dict], None]] = (),
     progress: bool = False,
 ) -> SimulationResult:
-    """Runs ``rounds`` rounds of ``algorithm`` on ``data`` and evaluates every ``eval_every``.
+    r"""Runs ``rounds`` rounds of ``algorithm`` on ``data`` and evaluates every ``eval_every``.
 
     Args:
         algorithm: from :func:`fljax.algorithms.get`.
@@ -505,6 +495,10 @@ def simulate(
         straggler_policy: ``"drop"`` (their updates are not aggregated, as FedAvg does) or
             ``"partial"`` (they send the work done in a uniform 1..E-1 local epochs, as
             FedProx does).
+        eval_train: also evaluate the global model on every client's TRAINING split at each
+            evaluation (``train_loss``, ``train_accuracy``, ...: the global objective
+            :math:`\sum_k p_k F_k(w)` that FedProx's paper plots). ``local_loss`` is always
+            reported: the mean loss of the local steps of the round block.
         devices: devices to split the selected clients over (default: all local devices of
             the default backend; the largest count dividing ``clients_per_round`` is used).
             On CPU, :func:`fljax.set_host_device_count` exposes one device per core.
@@ -571,11 +565,24 @@ def simulate(
     compile_s = 0.0
     t0 = time.perf_counter()
     evaluate = (
-        jax.jit(evaluate_fn(model, data.task, per_client_params=per_client))
+        jax.jit(evaluate_fn(model, data.task, per_client, data.metrics))
         .lower(eval_params(state), *test)
         .compile()
     )
     compile_s += time.perf_counter() - t0
+    train_counts = np.asarray(data.train.num_examples)
+    train_eval, evaluate_train = None, None
+    if eval_train:
+        train_eval = ClientData(*(jnp.asarray(a) for a in data.train))
+        if mesh is not None:
+            train_eval = jax.device_put(train_eval, replicated(mesh))
+        t0 = time.perf_counter()
+        evaluate_train = (
+            jax.jit(evaluate_fn(model, data.task, per_client, data.metrics))
+            .lower(eval_params(state), *train_eval)
+            .compile()
+        )
+        compile_s += time.perf_counter() - t0
     run_block = jax.jit(
         build_block(build_round(algorithm, model, data, clients_per_round, mesh, straggle))
     )
@@ -603,12 +610,17 @@ def simulate(
         metrics, client_metrics = {}, {}
         for name, values in per_client_metrics.items():
             values = np.asarray(values, np.float64)
-            client_metrics[f"test_{name}"] = values.tolist()
-            for suffix, v in summarize_clients(
-                values, test_counts, _HIGHER_IS_BETTER.get(name, True)
-            ).items():
+            client_metrics[f"test_{name}"] = _json_list(values)
+            for suffix, v in summarize(values, test_counts, HIGHER_IS_BETTER[name]).items():
                 metrics[f"test_{name}{suffix}"] = v
-        metrics["train_loss"] = float(np.mean(train_losses)) if train_losses is not None else None
+        if eval_train:
+            per_client_train = jax.device_get(evaluate_train(eval_params(st), *train_eval))
+            for name, values in per_client_train.items():
+                values = np.asarray(values, np.float64)
+                client_metrics[f"train_{name}"] = _json_list(values)
+                for suffix, v in summarize(values, train_counts, HIGHER_IS_BETTER[name]).items():
+                    metrics[f"train_{name}{suffix}"] = v
+        metrics["local_loss"] = float(np.mean(train_losses)) if train_losses is not None else None
         client_metrics["num_test_examples"] = test_counts.tolist()
         client_metrics["participation"] = participation.tolist()
         entry = {

@@ -54,8 +54,9 @@ def test_history_contract(setup):
     np.testing.assert_allclose(m["test_accuracy"], (acc * counts).sum() / counts.sum())
     np.testing.assert_allclose(m["test_accuracy_client_mean"], acc.mean())
     np.testing.assert_allclose(m["test_accuracy_worst"], acc.min())
-    assert result.history[0]["metrics"]["train_loss"] is None
-    assert np.isfinite(m["train_loss"])
+    assert result.history[0]["metrics"]["local_loss"] is None
+    assert np.isfinite(m["local_loss"])
+    assert not any(k.startswith("train_") for k in m)
     json.dumps(result.history)  # JSON-serialisable
 
 
@@ -79,6 +80,19 @@ def test_model_output_must_match_classes(setup):
     wrong = fljax.models.get("logistic", num_classes=3)
     with pytest.raises(ValueError, match="num_classes"):
         fljax.simulate(algo, wrong, fed, rounds=1, clients_per_round=2)
+
+
+def test_eval_train_scores_the_global_model_on_training_data(setup):
+    fed, model, _ = setup
+    result = _run(setup, rounds=2, eval_every=2, eval_train=True)
+    m, cm = result.final_metrics, result.history[-1]["client_metrics"]
+    evaluate = fljax.client.evaluate_fn(model, fed.task)
+    ref = evaluate(result.params, *fed.train)
+    np.testing.assert_allclose(cm["train_loss"], ref["loss"], rtol=1e-5)
+    n = fed.num_examples
+    np.testing.assert_allclose(
+        m["train_loss"], (np.asarray(ref["loss"]) * n).sum() / n.sum(), rtol=1e-5
+    )
 
 
 def test_non_finite_update_stops_with_round_and_keeps_history(setup):

@@ -4,6 +4,7 @@ from fljax.client._local import ClientContext as ClientContext
 from fljax.client._local import ClientOutput as ClientOutput
 from fljax.client._local import LocalPlan as LocalPlan
 from fljax.client._local import batch_indices as batch_indices
+from fljax.client._local import batch_loss_fn as batch_loss_fn
 from fljax.client._local import evaluate_fn as evaluate_fn
 from fljax.client._local import example_loss_fn as example_loss_fn
 from fljax.client._local import make_client_update as make_client_update

@@ -19,7 +19,7 @@ import optax
 from fljax.models import Model
 
 PyTree = Any
-TASKS = ("classification", "regression")
+TASKS = ("classification", "regression", "survival")
 
 
 class LocalPlan(NamedTuple):
@@ -146,7 +146,20 @@ def example_loss_fn(task: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
         return lambda out, y: optax.softmax_cross_entropy_with_integer_labels(out, y)
     if task == "regression":
         return lambda out, y: jnp.square(out[..., 0] - y)
-    raise ValueError(f"task={task!r} is not one of {TASKS}")
+    raise ValueError(f"task={task!r} has no per-example loss; use batch_loss_fn")
+
+
+def batch_loss_fn(task: str) -> Callable[[jax.Array, jax.Array, jax.Array], jax.Array]:
+    """``loss(outputs, y, mask) -> scalar`` of a batch: the masked mean example loss, or for
+    ``"survival"`` the Cox negative partial log-likelihood (Breslow) within the batch."""
+    if task == "survival":
+        from fljax.metrics import cox_loss
+
+        return cox_loss
+    if task not in TASKS:
+        raise ValueError(f"task={task!r} is not one of {TASKS}")
+    example_loss = example_loss_fn(task)
+    return lambda out, y, mask: masked_mean(example_loss(out, y), mask)
 
 
 def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
@@ -198,10 +211,10 @@ def make_client_update(
     come from ``batch_indices(split(key)[0], ...)``. ``finalize(ClientContext) ->
     (client_state, upload)`` computes the new persistent state and any extra upload.
     """
-    example_loss = example_loss_fn(task)
+    loss_fn = batch_loss_fn(task)
 
     def data_loss(params, xb, yb, mb, key):
-        return masked_mean(example_loss(model.apply(params, xb, train=True, key=key), yb), mb)
+        return loss_fn(model.apply(params, xb, train=True, key=key), yb, mb)
 
     def batch_loss(params, xb, yb, mb, key, global_params, client_state, server_state):
         data = data_loss(params, xb, yb, mb, key)
@@ -265,25 +278,31 @@ def make_client_update(
     return client_update
 
 
-def evaluate_fn(model: Model, task: str, per_client_params: bool = False):
-    """Builds ``evaluate(params, x[C,M,...], y[C,M], n[C]) -> {metric: [C]}`` (vmapped over C).
+def evaluate_fn(
+    model: Model,
+    task: str,
+    per_client_params: bool = False,
+    metrics: tuple[str, ...] | None = None,
+):
+    """Builds ``evaluate(params, x[C,M,...], y[C,M,...], n[C]) -> {name: [C]}`` (vmapped over C).
 
-    With ``per_client_params`` the params are stacked ``[C, ...]`` and client ``c`` is scored
-    with its own model (local-only training, personalization).
-
-    Classification reports ``loss`` (cross-entropy) and ``accuracy``; regression ``loss``
-    (squared error) and ``mse``. Clients with no test examples get 0 (weight them by ``n``).
+    Reports the task's ``loss`` and each of ``metrics`` (names from :mod:`fljax.metrics`; the
+    task's defaults when ``None``). With ``per_client_params`` the params are stacked
+    ``[C, ...]`` and client ``c`` is scored with its own model (local-only training,
+    personalization). Undefined metrics (no examples, one class) are NaN.
     """
-    example_loss = example_loss_fn(task)
+    from fljax import metrics as M
+
+    loss_fn = batch_loss_fn(task)
+    names = M.DEFAULT_METRICS[task] if metrics is None else tuple(metrics)
+    fns = {name: M.registry(task)[name] for name in names}
 
     def one(params, x, y, n):
         out = model.apply(params, x, train=False)
         mask = jnp.arange(x.shape[0]) < n
-        metrics = {"loss": masked_mean(example_loss(out, y), mask)}
-        if task == "classification":
-            metrics["accuracy"] = masked_mean((jnp.argmax(out, -1) == y).astype(jnp.float32), mask)
-        else:
-            metrics["mse"] = metrics["loss"]
-        return metrics
+        result = {"loss": jnp.where(n > 0, loss_fn(out, y, mask), jnp.nan)}
+        for name, fn in fns.items():
+            result[name] = fn(out, y, mask)
+        return result
 
     return jax.vmap(one, in_axes=(0 if per_client_params else None, 0, 0, 0))

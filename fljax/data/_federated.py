@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
-TASKS = ("classification", "regression")
+TASKS = ("classification", "regression", "survival")
 STANDARDIZE = ("global", "client", "none")
 
 
@@ -18,7 +18,8 @@ class ClientData(NamedTuple):
 
     Attributes:
         x: ``[C, N, ...]`` float32 features, padded with zeros past ``num_examples``.
-        y: ``[C, N]`` labels (int32 for classification, float32 for regression).
+        y: ``[C, N]`` labels (int32 for classification, float32 for regression), or
+            ``[C, N, 2]`` float32 ``(time, event)`` for survival.
         num_examples: ``[C]`` int32 count of real examples per client.
     """
 
@@ -48,8 +49,9 @@ class FederatedData:
     Attributes:
         train: training split, ``x[C, N, ...]``, ``y[C, N]``, ``num_examples[C]``.
         test: test split, ``x[C, M, ...]``, ``y[C, M]``, ``num_examples[C]``.
-        task: ``"classification"`` or ``"regression"``.
-        num_classes: number of classes (1 for regression).
+        task: ``"classification"``, ``"regression"`` or ``"survival"``.
+        num_classes: number of classes (1 for regression and survival: one output).
+        metrics: metric names of :mod:`fljax.metrics` evaluated on every client.
         name: dataset name.
         client_names: one name per client (hospital).
         info: how the federation was made (partition, seed, ...), JSON-serialisable.
@@ -62,16 +64,23 @@ class FederatedData:
     name: str = "custom"
     client_names: tuple[str, ...] = ()
     info: dict = dataclasses.field(default_factory=dict)
+    metrics: tuple[str, ...] | None = None
 
     def __post_init__(self):
+        from fljax import metrics as M
+
         if self.task not in TASKS:
             raise ValueError(f"task={self.task!r} is not one of {TASKS}")
+        names = M.DEFAULT_METRICS[self.task] if self.metrics is None else self.metrics
+        object.__setattr__(self, "metrics", M.check_metrics(self.task, names, self.num_classes))
         for split_name, split in (("train", self.train), ("test", self.test)):
             x, y, n = split
-            if x.ndim < 2 or y.ndim != 2 or n.ndim != 1:
+            y_ndim = 3 if self.task == "survival" else 2
+            if x.ndim < 2 or y.ndim != y_ndim or n.ndim != 1:
+                expected_y = "y[C, N, 2]" if self.task == "survival" else "y[C, N]"
                 raise ValueError(
-                    f"{split_name}: expected x[C, N, ...], y[C, N], num_examples[C]; got shapes "
-                    f"{x.shape}, {y.shape}, {n.shape}"
+                    f"{split_name}: expected x[C, N, ...], {expected_y}, num_examples[C] for "
+                    f"task={self.task!r}; got shapes {x.shape}, {y.shape}, {n.shape}"
                 )
             if not (x.shape[0] == y.shape[0] == n.shape[0]) or x.shape[1] != y.shape[1]:
                 raise ValueError(
@@ -138,7 +147,7 @@ def stack_clients(xs: Sequence[np.ndarray], ys: Sequence[np.ndarray], y_dtype) -
     n_max = max(int(num.max()), 1)
     feat = xs[0].shape[1:]
     x = np.zeros((len(xs), n_max, *feat), dtype=np.float32)
-    y = np.zeros((len(xs), n_max), dtype=y_dtype)
+    y = np.zeros((len(xs), n_max, *np.asarray(ys[0]).shape[1:]), dtype=y_dtype)
     for i, (xi, yi) in enumerate(zip(xs, ys, strict=True)):
         x[i, : len(xi)] = xi
         y[i, : len(yi)] = yi
@@ -186,6 +195,7 @@ def from_client_arrays(
     name: str = "custom",
     client_names: Sequence[str] = (),
     info: dict | None = None,
+    metrics: Sequence[str] | None = None,
 ) -> FederatedData:
     """Builds a :class:`FederatedData` from lists of per-client arrays (any sizes)."""
     if not (len(train_xs) == len(train_ys) == len(test_xs) == len(test_ys)) or not train_xs:
@@ -207,4 +217,5 @@ def from_client_arrays(
         name=name,
         client_names=tuple(client_names),
         info=dict(info or {}),
+        metrics=None if metrics is None else tuple(metrics),
     )
