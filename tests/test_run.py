@@ -27,10 +27,23 @@ def _compose(overrides):
     "group, choice",
     [(g, p.stem) for g in GROUPS for p in sorted((Path(CONF_DIR) / g).glob("*.yaml"))],
 )
-def test_every_config_composes_and_instantiates(group, choice):
-    cfg = _compose([f"{group}={choice}"])
+def test_every_config_composes_and_instantiates(group, choice, shared_data):
+    overrides = [f"{group}={choice}"]
+    folders = {
+        "heart_disease": "heart_disease",
+        "tcga_brca": "tcga_brca",
+        "ham10000": "ham10000_metadata",
+    }
+    if group == "dataset" and choice in folders:
+        overrides.append(f"dataset.data_dir={shared_data / folders[choice]}")
+    cfg = _compose(overrides)
     if group == "dataset":
-        data = instantiate(cfg.dataset, _convert_="all")
+        if choice in fljax.data._tfds.MEDICAL_TFDS:
+            tfds = pytest.importorskip("tensorflow_datasets")
+            with tfds.testing.mock_data(num_examples=400):
+                data = instantiate(cfg.dataset, _convert_="all")
+        else:
+            data = instantiate(cfg.dataset, _convert_="all")
         assert isinstance(data, fljax.data.FederatedData)
     elif group == "model":
         assert isinstance(

@@ -1,5 +1,11 @@
 """Federations: stacked client arrays, partitioners and dataset sources."""
 
+from fljax.data import _hospitals as _hospitals  # registers synthetic_hospitals
+from fljax.data import _medical as _medical  # registers heart_disease, tcga_brca, ham10000
+from fljax.data import _tfds as _tfds  # registers tfds and its medical aliases
+from fljax.data._describe import describe as describe
+from fljax.data._describe import plot_federation as plot_federation
+from fljax.data._download import ChecksumError as ChecksumError
 from fljax.data._federated import ClientData as ClientData
 from fljax.data._federated import FederatedData as FederatedData
 from fljax.data._federated import from_client_arrays as from_client_arrays
@@ -17,3 +23,4 @@ from fljax.data._sources import get as get
 from fljax.data._sources import load as load
 from fljax.data._sources import names as names
 from fljax.data._sources import register as register
+from fljax.data._tfds import tfds_images as tfds_images
