@@ -185,9 +185,11 @@ def c_index(risk: jax.Array, y: jax.Array, mask=None) -> jax.Array:
     return _safe_div(jnp.sum(earlier * conc), jnp.sum(earlier) * 1.0)
 
 
-def cox_loss(risk: jax.Array, y: jax.Array, mask=None) -> jax.Array:
+def cox_loss(risk: jax.Array, y: jax.Array, mask=None, normalize: str = "events") -> jax.Array:
     r"""Negative Cox partial log-likelihood with Breslow ties, averaged over events:
-    :math:`-\frac{1}{n_e}\sum_{i: e_i = 1}\big(\eta_i - \log\sum_{j: t_j \ge t_i} e^{\eta_j}\big)`.
+    :math:`-\frac{1}{n_e}\sum_{i: e_i = 1}\big(\eta_i - \log\sum_{j: t_j \ge t_i} e^{\eta_j}\big)`
+    (``normalize="events"``), or divided by the number of examples instead
+    (``normalize="batch"``, FLamby's ``BaselineLoss`` for Fed-TCGA-BRCA).
 
     References:
         Cox (1972), "Regression Models and Life-Tables", JRSS B; Breslow (1974).
@@ -199,8 +201,8 @@ def cox_loss(risk: jax.Array, y: jax.Array, mask=None) -> jax.Array:
     at_risk = (t[None, :] >= t[:, None]) & m[None, :]  # [i, j]: j in the risk set of i
     log_denominator = jax.nn.logsumexp(jnp.where(at_risk, risk[None, :], -jnp.inf), axis=1)
     terms = jnp.where(e, risk - log_denominator, 0.0)
-    n_events = jnp.sum(e)
-    return jnp.where(n_events > 0, -jnp.sum(terms) / jnp.maximum(n_events, 1), 0.0)
+    denominator = jnp.sum(e) if normalize == "events" else jnp.sum(m)
+    return jnp.where(jnp.sum(e) > 0, -jnp.sum(terms) / jnp.maximum(denominator, 1), 0.0)
 
 
 CLASSIFICATION: dict[str, Callable] = {

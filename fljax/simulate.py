@@ -214,6 +214,7 @@ def build_round(
         plan,
         algorithm.regularizer,
         algorithm.client_finalize,
+        data.loss_options,
     )
     steps_per_client = None
     if isinstance(algorithm.local_steps, tuple):
@@ -312,9 +313,17 @@ def build_round(
         return new_state, RoundMetrics(train_loss, finite, ids, contributed, out.num_steps)
 
     def cyclic(state: ServerState, key: jax.Array, train: ClientData):
-        # Deterministic cyclic order: round r visits clients rK, ..., rK + K - 1 (mod C).
-        ids = (state.round * clients_per_round + jnp.arange(clients_per_round)) % num_clients
-        ids = ids.astype(jnp.int32)
+        # Round r visits cycle positions rK, ..., rK + K - 1; position p is client p mod C, or
+        # with shuffled cycles entry p mod C of a fresh permutation for cycle p // C.
+        pos = state.round * clients_per_round + jnp.arange(clients_per_round)
+        ids = (pos % num_clients).astype(jnp.int32)
+        if algorithm.hparams.get("shuffle", False):
+            perms = jax.vmap(
+                lambda c: jax.random.permutation(
+                    jax.random.fold_in(state.algorithm_state, c), num_clients
+                )
+            )(pos // num_clients)
+            ids = jnp.take_along_axis(perms, ids[:, None], axis=1)[:, 0].astype(jnp.int32)
         keys = fold(key, ids)
 
         def visit(params, inputs):
@@ -554,6 +563,8 @@ def simulate(
     spec = _train_spec(data, algorithm)
     num_train_clients = spec.x.shape[0]
     state = init_state(algorithm, params, num_train_clients)
+    if mode == "cyclic":  # the key of the cycle orders persists across rounds
+        state = state._replace(algorithm_state=jax.random.fold_in(root, 2))
     train = ClientData(*(jnp.asarray(a) for a in spec))
     test = ClientData(*(jnp.asarray(a) for a in data.test))
     mesh = None if mode in ("cyclic", "centralized") else client_mesh(clients_per_round, devices)
@@ -565,7 +576,7 @@ def simulate(
     compile_s = 0.0
     t0 = time.perf_counter()
     evaluate = (
-        jax.jit(evaluate_fn(model, data.task, per_client, data.metrics))
+        jax.jit(evaluate_fn(model, data.task, per_client, data.metrics, data.loss_options))
         .lower(eval_params(state), *test)
         .compile()
     )
@@ -578,7 +589,7 @@ def simulate(
             train_eval = jax.device_put(train_eval, replicated(mesh))
         t0 = time.perf_counter()
         evaluate_train = (
-            jax.jit(evaluate_fn(model, data.task, per_client, data.metrics))
+            jax.jit(evaluate_fn(model, data.task, per_client, data.metrics, data.loss_options))
             .lower(eval_params(state), *train_eval)
             .compile()
         )

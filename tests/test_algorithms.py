@@ -367,3 +367,15 @@ def test_straggler_and_mode_errors(tiny):
     ]:
         with pytest.raises(ValueError, match=field):
             fljax.algorithms.get(name, **kw)
+
+
+def test_cyclic_shuffled_cycles_visit_every_client_once_per_cycle(tiny):
+    res = _run(tiny, "cyclic", rounds=6, k=5, shuffle=True)  # 6 full cycles of 5 clients
+    order = res.selected.ravel()
+    cycles = order.reshape(6, 5)
+    assert all(sorted(c.tolist()) == list(range(5)) for c in cycles)
+    assert len({tuple(c) for c in cycles}) > 1  # a fresh order each cycle
+    npf, x = tiny[3], _start(tiny)
+    for c in order:
+        x = local_gd(x, EPOCHS, LR, lambda p, c=c: npf.grad(c, p))
+    _close(res.params, x)

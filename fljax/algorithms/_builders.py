@@ -433,18 +433,16 @@ def _single_model(name: str, mode: str, doc: str):
         client_optimizer: str = "sgd",
         client_momentum: float | None = None,
     ) -> Algorithm:
-        return _common(
+        return _single(
             name,
-            client_lr=client_lr,
-            local_epochs=local_epochs,
-            local_steps=local_steps,
-            batch_size=batch_size,
-            client_optimizer=client_optimizer,
-            client_momentum=client_momentum,
-            weighting="num_examples",
-            server_optimizer=optax.sgd(1.0),
-            mode=mode,
-            extra_hparams={},
+            mode,
+            client_lr,
+            local_epochs,
+            local_steps,
+            batch_size,
+            client_optimizer,
+            client_momentum,
+            {},
         )
 
     build.__name__ = name
@@ -452,18 +450,64 @@ def _single_model(name: str, mode: str, doc: str):
     return register(name)(build)
 
 
-cyclic = _single_model(
-    "cyclic",
-    "cyclic",
+def _single(
+    name,
+    mode,
+    client_lr,
+    local_epochs,
+    local_steps,
+    batch_size,
+    client_optimizer,
+    client_momentum,
+    extra_hparams,
+):
+    return _common(
+        name,
+        client_lr=client_lr,
+        local_epochs=local_epochs,
+        local_steps=local_steps,
+        batch_size=batch_size,
+        client_optimizer=client_optimizer,
+        client_momentum=client_momentum,
+        weighting="num_examples",
+        server_optimizer=optax.sgd(1.0),
+        mode=mode,
+        extra_hparams=extra_hparams,
+    )
+
+
+@register("cyclic")
+def cyclic(
+    client_lr: float = 0.1,
+    local_epochs: int | None = 1,
+    local_steps: int | list[int] | None = None,
+    batch_size: int | None = 32,
+    client_optimizer: str = "sgd",
+    client_momentum: float | None = None,
+    shuffle: bool = False,
+) -> Algorithm:
     """Cyclic (sequential institutional) training: the model visits the clients one after
-    another in a fixed cycle, each training it for its local work and passing it on; a round
-    visits ``clients_per_round`` sites (all of them for one full cycle).
+    another, each training it for its local work and passing it on; a round visits
+    ``clients_per_round`` sites (all of them for one full cycle). The cycle is the clients in
+    order, or with ``shuffle`` a fresh random order for every cycle.
 
     References:
         Chang et al. (2018), "Distributed deep learning networks among institutions for
         medical imaging", JAMIA (cyclical weight transfer); Sheller et al. (2020), Sci. Rep.
-    """,
-)
+    """
+    return _single(
+        "cyclic",
+        "cyclic",
+        client_lr,
+        local_epochs,
+        local_steps,
+        batch_size,
+        client_optimizer,
+        client_momentum,
+        {"shuffle": bool(shuffle)},
+    )
+
+
 centralized = _single_model(
     "centralized",
     "centralized",

@@ -149,13 +149,17 @@ def example_loss_fn(task: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
     raise ValueError(f"task={task!r} has no per-example loss; use batch_loss_fn")
 
 
-def batch_loss_fn(task: str) -> Callable[[jax.Array, jax.Array, jax.Array], jax.Array]:
+def batch_loss_fn(task: str, **options) -> Callable[[jax.Array, jax.Array, jax.Array], jax.Array]:
     """``loss(outputs, y, mask) -> scalar`` of a batch: the masked mean example loss, or for
-    ``"survival"`` the Cox negative partial log-likelihood (Breslow) within the batch."""
+    ``"survival"`` the Cox negative partial log-likelihood (Breslow) within the batch
+    (``options``: ``cox_normalize="events"`` or ``"batch"``)."""
     if task == "survival":
         from fljax.metrics import cox_loss
 
-        return cox_loss
+        normalize = options.get("cox_normalize", "events")
+        if normalize not in ("events", "batch"):
+            raise ValueError(f"cox_normalize={normalize!r} is not one of ('events', 'batch')")
+        return lambda out, y, mask: cox_loss(out, y, mask, normalize=normalize)
     if task not in TASKS:
         raise ValueError(f"task={task!r} is not one of {TASKS}")
     example_loss = example_loss_fn(task)
@@ -200,6 +204,7 @@ def make_client_update(
     plan: LocalPlan,
     regularizer: Regularizer | None = None,
     finalize: Callable[[ClientContext], tuple[PyTree, PyTree]] | None = None,
+    loss_options: dict | None = None,
 ):
     """Builds the local update of ONE client; the round lifts it with ``jax.vmap``.
 
@@ -211,7 +216,7 @@ def make_client_update(
     come from ``batch_indices(split(key)[0], ...)``. ``finalize(ClientContext) ->
     (client_state, upload)`` computes the new persistent state and any extra upload.
     """
-    loss_fn = batch_loss_fn(task)
+    loss_fn = batch_loss_fn(task, **(loss_options or {}))
 
     def data_loss(params, xb, yb, mb, key):
         return loss_fn(model.apply(params, xb, train=True, key=key), yb, mb)
@@ -283,6 +288,7 @@ def evaluate_fn(
     task: str,
     per_client_params: bool = False,
     metrics: tuple[str, ...] | None = None,
+    loss_options: dict | None = None,
 ):
     """Builds ``evaluate(params, x[C,M,...], y[C,M,...], n[C]) -> {name: [C]}`` (vmapped over C).
 
@@ -293,7 +299,7 @@ def evaluate_fn(
     """
     from fljax import metrics as M
 
-    loss_fn = batch_loss_fn(task)
+    loss_fn = batch_loss_fn(task, **(loss_options or {}))
     names = M.DEFAULT_METRICS[task] if metrics is None else tuple(metrics)
     fns = {name: M.registry(task)[name] for name in names}
 

@@ -52,6 +52,7 @@ class FederatedData:
         task: ``"classification"``, ``"regression"`` or ``"survival"``.
         num_classes: number of classes (1 for regression and survival: one output).
         metrics: metric names of :mod:`fljax.metrics` evaluated on every client.
+        loss_options: options of the task's loss (``cox_normalize`` for survival).
         name: dataset name.
         client_names: one name per client (hospital).
         info: how the federation was made (partition, seed, ...), JSON-serialisable.
@@ -65,6 +66,7 @@ class FederatedData:
     client_names: tuple[str, ...] = ()
     info: dict = dataclasses.field(default_factory=dict)
     metrics: tuple[str, ...] | None = None
+    loss_options: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         from fljax import metrics as M
@@ -196,6 +198,7 @@ def from_client_arrays(
     client_names: Sequence[str] = (),
     info: dict | None = None,
     metrics: Sequence[str] | None = None,
+    loss_options: dict | None = None,
 ) -> FederatedData:
     """Builds a :class:`FederatedData` from lists of per-client arrays (any sizes)."""
     if not (len(train_xs) == len(train_ys) == len(test_xs) == len(test_ys)) or not train_xs:
@@ -218,4 +221,5 @@ def from_client_arrays(
         client_names=tuple(client_names),
         info=dict(info or {}),
         metrics=None if metrics is None else tuple(metrics),
+        loss_options=dict(loss_options or {}),
     )

@@ -194,6 +194,7 @@ def tcga_brca(
     data_dir: str | os.PathLike | None = None,
     standardize: str = "none",
     metrics: Sequence[str] = ("c_index",),
+    cox_normalize: str = "events",
     download: bool = True,
 ) -> FederatedData:
     """Fed-TCGA-BRCA: breast-cancer overall survival, 6 clients = the geographic regions of
@@ -204,6 +205,8 @@ def tcga_brca(
 
     The tissue-source-site code (characters 6-7 of the patient id) maps to a region through
     ``centers.csv``; the region agrees with FLamby's ``fold2`` client index, which is checked.
+    The Cox loss is averaged over events (``cox_normalize="events"``) or over the batch
+    (``"batch"``, as FLamby's ``BaselineLoss``).
 
     References:
         du Terrail et al. (2022), "FLamby", NeurIPS Datasets and Benchmarks; TCGA BRCA
