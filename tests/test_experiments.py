@@ -39,3 +39,39 @@ def test_fedprox_synthetic_smoke(tmp_path):
     assert set(final) == {"FedAvg", "FedProx (mu=0)", "FedProx (mu=1)"}
     assert (tmp_path / "fedprox_synthetic.png").exists()
     assert figures["claims"]["datasets"] == 1
+
+
+def test_flamby_reproduction_smoke(tmp_path, shared_data):
+    figures = _run_script(
+        [
+            "experiments/flamby.py",
+            "--datasets",
+            "heart",
+            "--seeds",
+            "42",
+            "--data-dir",
+            str(shared_data),
+        ],
+        tmp_path,
+    )
+    heart = figures["heart"]
+    expected = {
+        "Pooled",
+        "Local 0",
+        "Local 3",
+        "FedAvg",
+        "FedProx",
+        "SCAFFOLD",
+        "FedAdam",
+        "FedYogi",
+        "FedAdagrad",
+        "Cyclic",
+        "flamby_cyclic",
+        "flamby_scaffold",
+    }
+    assert expected <= set(heart)
+    for fig in heart.values():
+        assert 0.3 < fig["client_mean"][0] < 1.0 and 0.3 < fig["pooled"][0] < 1.0
+    # pooled training on Fed-Heart-Disease matches FLamby's 0.7953 pooled-test accuracy
+    assert abs(heart["Pooled"]["pooled"][0] - 0.7953) < 0.02
+    assert (tmp_path / "flamby.png").exists() and "wall_s" in figures

@@ -38,3 +38,17 @@ def test_param_counting():
     n = 30 * 64 + 64 + 64 * 64 + 64 + 64 * 2 + 2
     assert fljax.models.num_params(params) == n
     assert fljax.models.param_bytes(params) == 4 * n
+
+
+def test_torch_init_matches_pytorch_linear_default():
+    model = fljax.models.get("logistic", num_classes=1, init="torch")
+    ws = [model.init(jax.random.key(s), jnp.zeros((1, 39)))["Dense_0"] for s in range(20)]
+    kernel = jnp.concatenate([w["kernel"].ravel() for w in ws])
+    bias = jnp.concatenate([w["bias"] for w in ws])
+    bound = 1 / jnp.sqrt(39.0)
+    assert float(jnp.abs(kernel).max()) <= bound and float(jnp.abs(bias).max()) <= bound
+    assert float(jnp.abs(bias).mean()) > 0.3 * bound  # bias drawn too, not zero
+    # U(-b, b) has variance b^2 / 3
+    assert abs(float(kernel.var()) - float(bound**2 / 3)) < 0.15 * float(bound**2 / 3)
+    with pytest.raises(ValueError, match="init"):
+        fljax.models.get("mlp", num_classes=2, init="xavier")

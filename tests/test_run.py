@@ -53,6 +53,26 @@ def test_every_config_composes_and_instantiates(group, choice, shared_data):
         assert isinstance(instantiate(cfg.algorithm, _convert_="all"), fljax.algorithms.Algorithm)
 
 
+@pytest.mark.parametrize(
+    "preset", sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
+)
+def test_every_experiment_preset_runs_one_round(preset, tmp_path, shared_data):
+    overrides = [
+        f"+experiment={preset}",
+        "rounds=1",
+        "eval_every=1",
+        "progress=false",
+        "checkpoint=false",
+    ]
+    cfg = _compose(overrides)
+    if cfg.dataset.get("data_dir"):
+        folder = Path(cfg.dataset.data_dir).name
+        cfg = _compose([*overrides, f"dataset.data_dir={shared_data / folder}"])
+    result = run(cfg, tmp_path)
+    assert result.history[-1]["round"] == 1
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "finished"
+
+
 def test_run_folder_contract_and_reproducibility(tmp_path):
     cfg = _compose(FAST)
     a, b = tmp_path / "a", tmp_path / "b"

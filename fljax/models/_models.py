@@ -41,25 +41,44 @@ def from_linen(module: nn.Module, name: str | None = None) -> Model:
     return Model(init, apply, name or type(module).__name__.lower())
 
 
+INITS = ("lecun", "torch")
+
+
+def _dense(features: int, fan_in: int, init: str) -> nn.Dense:
+    """Flax's default (lecun-normal kernel, zero bias) or PyTorch's ``nn.Linear`` default:
+    kernel and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), for parity with torch baselines."""
+    if init == "lecun":
+        return nn.Dense(features)
+    bound = 1.0 / float(fan_in) ** 0.5
+
+    def uniform(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return nn.Dense(features, kernel_init=uniform, bias_init=uniform)
+
+
 class _Logistic(nn.Module):
     num_classes: int
+    init_scheme: str = "lecun"
 
     @nn.compact
     def __call__(self, x):
-        return nn.Dense(self.num_classes)(x.reshape((x.shape[0], -1)))
+        x = x.reshape((x.shape[0], -1))
+        return _dense(self.num_classes, x.shape[-1], self.init_scheme)(x)
 
 
 class _MLP(nn.Module):
     num_classes: int
     hidden: Sequence[int]
     activation: str
+    init_scheme: str = "lecun"
 
     @nn.compact
     def __call__(self, x):
         x = x.reshape((x.shape[0], -1))
         for width in self.hidden:
-            x = ACTIVATIONS[self.activation](nn.Dense(width)(x))
-        return nn.Dense(self.num_classes)(x)
+            x = ACTIVATIONS[self.activation](_dense(width, x.shape[-1], self.init_scheme)(x))
+        return _dense(self.num_classes, x.shape[-1], self.init_scheme)(x)
 
 
 class _CNN(nn.Module):
@@ -85,19 +104,37 @@ def _check_classes(num_classes):
     return int(num_classes)
 
 
-def logistic(num_classes: int) -> Model:
-    """Multinomial logistic regression: one dense layer on flattened inputs."""
-    return from_linen(_Logistic(_check_classes(num_classes)), "logistic")
+def _check_init(init):
+    if init not in INITS:
+        raise ValueError(f"init={init!r} is not one of {INITS}")
+    return init
 
 
-def mlp(num_classes: int, hidden: Sequence[int] = (64, 64), activation: str = "relu") -> Model:
+def logistic(num_classes: int, init: str = "lecun") -> Model:
+    """Multinomial logistic regression (one output: linear regression or a linear Cox model):
+    one dense layer on flattened inputs. ``init``: ``"lecun"`` (Flax) or ``"torch"``."""
+    return from_linen(_Logistic(_check_classes(num_classes), _check_init(init)), "logistic")
+
+
+def mlp(
+    num_classes: int,
+    hidden: Sequence[int] = (64, 64),
+    activation: str = "relu",
+    init: str = "lecun",
+) -> Model:
     """Multilayer perceptron with ``hidden`` widths and ``activation`` between layers."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation={activation!r} is not one of {sorted(ACTIVATIONS)}")
     if any(int(h) < 1 for h in hidden):
         raise ValueError(f"hidden widths must be positive, got {hidden}")
     return from_linen(
-        _MLP(_check_classes(num_classes), tuple(int(h) for h in hidden), activation), "mlp"
+        _MLP(
+            _check_classes(num_classes),
+            tuple(int(h) for h in hidden),
+            activation,
+            _check_init(init),
+        ),
+        "mlp",
     )
 
 
