@@ -200,22 +200,7 @@ def build_round(
     """
     spec = _train_spec(data, algorithm)
     num_clients = spec.x.shape[0]
-    plan = plan_local_work(
-        spec.num_examples,
-        spec.x.shape[1],
-        local_epochs=algorithm.local_epochs,
-        local_steps=algorithm.local_steps,
-        batch_size=algorithm.batch_size,
-    )
-    client_update = make_client_update(
-        model,
-        data.task,
-        algorithm.client_optimizer,
-        plan,
-        algorithm.regularizer,
-        algorithm.client_finalize,
-        data.loss_options,
-    )
+    plan, client_update = _client_update_for(algorithm, model, data, spec)
     steps_per_client = None
     if isinstance(algorithm.local_steps, tuple):
         steps_per_client = jnp.asarray(algorithm.local_steps, jnp.int32)
@@ -704,10 +689,8 @@ def simulate(
     )
 
 
-def _client_upload_shape(algorithm, model, data, spec, params, state):
-    """Shape of one client's extra upload (``()`` for most algorithms)."""
-    if algorithm.client_finalize is None:
-        return ()
+def _client_update_for(algorithm: Algorithm, model: Model, data: FederatedData, spec):
+    """The static local plan and ONE client's update function for ``algorithm`` on ``spec``."""
     plan = plan_local_work(
         spec.num_examples,
         spec.x.shape[1],
@@ -722,7 +705,16 @@ def _client_upload_shape(algorithm, model, data, spec, params, state):
         plan,
         algorithm.regularizer,
         algorithm.client_finalize,
+        data.loss_options,
     )
+    return plan, update
+
+
+def _client_upload_shape(algorithm, model, data, spec, params, state):
+    """Shape of one client's extra upload (``()`` for most algorithms)."""
+    if algorithm.client_finalize is None:
+        return ()
+    _, update = _client_update_for(algorithm, model, data, spec)
     one_state = jax.tree.map(lambda a: a[0], state.client_states)
     out = jax.eval_shape(
         update,
