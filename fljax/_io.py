@@ -16,12 +16,18 @@ CHECKPOINT_DIR = "checkpoint"
 
 
 class MetricsWriter:
-    """Appends each history entry to ``metrics.jsonl`` and flushes it to disk at once."""
+    """Appends each history entry to ``metrics.jsonl`` and flushes it to disk at once.
 
-    def __init__(self, run_dir: str | os.PathLike):
+    With ``keep_until`` (resuming), lines up to that round are kept and later ones dropped.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, keep_until: int | None = None):
         self.path = Path(run_dir) / METRICS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text("")
+        kept = []
+        if keep_until is not None and self.path.exists():
+            kept = [e for e in read_metrics(run_dir) if e["round"] <= keep_until]
+        self.path.write_text("".join(json.dumps(e) + "\n" for e in kept))
 
     def __call__(self, entry: dict) -> None:
         with self.path.open("a") as f:
@@ -58,6 +64,71 @@ def load_params(run_dir: str | os.PathLike) -> Any:
 
     path = (Path(run_dir) / CHECKPOINT_DIR).resolve()
     return ocp.StandardCheckpointer().restore(path)
+
+
+STATE_DIR = "state"
+PROGRESS_FILE = "progress.json"
+
+
+def _is_key(x) -> bool:
+    import jax
+
+    return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def save_state(directory: str | os.PathLike, state: Any, progress: dict) -> None:
+    """Saves a simulation's full state (any pytree; PRNG keys as their key data) with orbax,
+    and ``progress`` (JSON: history so far, per-round records) beside it, replacing the
+    previous checkpoint only once the new one is complete."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    directory = Path(directory).resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    leaves = jax.tree.leaves(state)
+    arrays = {
+        f"leaf_{i:05d}": np.asarray(jax.random.key_data(x) if _is_key(x) else x)
+        for i, x in enumerate(leaves)
+    }
+    tmp = directory / (STATE_DIR + ".tmp")
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(tmp, arrays, force=True)
+    ckptr.wait_until_finished()
+    (directory / (PROGRESS_FILE + ".tmp")).write_text(json.dumps(to_jsonable(progress)))
+    import shutil
+
+    shutil.rmtree(directory / STATE_DIR, ignore_errors=True)
+    tmp.rename(directory / STATE_DIR)
+    (directory / (PROGRESS_FILE + ".tmp")).replace(directory / PROGRESS_FILE)
+
+
+def load_state(directory: str | os.PathLike, like: Any) -> tuple[Any, dict] | None:
+    """Restores what :func:`save_state` wrote, shaped like the pytree ``like`` (None when
+    there is no checkpoint)."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    directory = Path(directory).resolve()
+    if not (directory / STATE_DIR).exists() or not (directory / PROGRESS_FILE).exists():
+        return None
+    arrays = ocp.StandardCheckpointer().restore(directory / STATE_DIR)
+    leaves, treedef = jax.tree.flatten(like)
+    if len(arrays) != len(leaves):
+        raise ValueError(
+            f"checkpoint in {directory} has {len(arrays)} arrays but this run's state has "
+            f"{len(leaves)}: it belongs to another configuration"
+        )
+    restored = []
+    for i, ref in enumerate(leaves):
+        a = np.asarray(arrays[f"leaf_{i:05d}"])
+        if _is_key(ref):
+            restored.append(jax.random.wrap_key_data(a, impl=jax.random.key_impl(ref)))
+        else:
+            if a.shape != np.shape(ref):
+                raise ValueError(f"checkpoint in {directory} does not match this run's state")
+            restored.append(a)
+    progress = json.loads((directory / PROGRESS_FILE).read_text())
+    return jax.tree.unflatten(treedef, restored), progress
 
 
 @dataclasses.dataclass

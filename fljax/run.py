@@ -18,10 +18,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from fljax._io import SUMMARY_FILE, MetricsWriter, save_params, to_jsonable
+from fljax._io import PROGRESS_FILE, SUMMARY_FILE, MetricsWriter, save_params, to_jsonable
 from fljax.simulate import SimulationResult, simulate
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+RESUME_DIR = "resume"  # full simulation state at the last evaluation (orbax) + progress.json
 
 
 def _fmt(v) -> str:
@@ -61,7 +62,15 @@ def run(cfg: DictConfig, run_dir: str | Path) -> SimulationResult:
         model_kwargs["num_classes"] = data.num_classes
     model = instantiate(cfg.model, _convert_="all", **model_kwargs)
     algorithm = instantiate(cfg.algorithm, _convert_="all")
-    writer = MetricsWriter(run_dir)
+    resume = bool(cfg.get("resume", False))
+    state_dir = run_dir / RESUME_DIR if cfg.get("save_state", True) or resume else None
+    keep_until = None
+    if resume:
+        progress = state_dir / PROGRESS_FILE
+        if not progress.exists():
+            raise ValueError(f"resume=true but {run_dir} has no checkpoint ({progress})")
+        keep_until = int(json.loads(progress.read_text())["round"])
+    writer = MetricsWriter(run_dir, keep_until=keep_until)
     t0 = time.perf_counter()
     summary = {
         "status": "running",
@@ -84,6 +93,9 @@ def run(cfg: DictConfig, run_dir: str | Path) -> SimulationResult:
             eval_every=int(cfg.eval_every),
             stragglers=float(cfg.get("stragglers", 0.0)),
             straggler_policy=str(cfg.get("straggler_policy", "drop")),
+            eval_train=bool(cfg.get("eval_train", False)),
+            checkpoint_dir=None if state_dir is None else str(state_dir),
+            resume=resume,
             callbacks=[writer],
             progress=bool(cfg.get("progress", False)),
         )

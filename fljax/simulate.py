@@ -463,6 +463,8 @@ def simulate(
     stragglers: float = 0.0,
     straggler_policy: str = "drop",
     eval_train: bool = False,
+    checkpoint_dir: str | None = None,
+    resume: bool = False,
     devices: Sequence[jax.Device] | None = None,
     callbacks: Sequence[Callable[[dict], None]] = (),
     progress: bool = False,
@@ -493,6 +495,12 @@ def simulate(
             evaluation (``train_loss``, ``train_accuracy``, ...: the global objective
             :math:`\sum_k p_k F_k(w)` that FedProx's paper plots). ``local_loss`` is always
             reported: the mean loss of the local steps of the round block.
+        checkpoint_dir: save the full state (orbax) and the history at every evaluation
+            there, replacing the previous checkpoint.
+        resume: continue from the checkpoint in ``checkpoint_dir`` if there is one: the
+            history up to it is returned as it was (callbacks see only the new entries), and
+            the result equals that of an uninterrupted run, since round ``r`` always uses
+            ``fold_in(rounds_key, r)``. ``rounds`` may be larger than before (extend a run).
         devices: devices to split the selected clients over (default: all local devices of
             the default backend; the largest count dividing ``clients_per_round`` is used).
             On CPU, :func:`fljax.set_host_device_count` exposes one device per core.
@@ -636,9 +644,52 @@ def simulate(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=rounds, unit="round", desc=f"{algorithm.name}/{data.name}")
+    from fljax._io import load_state, save_state
+
+    def checkpoint(round_idx: int) -> None:
+        if checkpoint_dir is None:
+            return
+        save_state(
+            checkpoint_dir,
+            jax.device_get(state),
+            {
+                "round": round_idx,
+                "history": history,
+                "selected": [a.tolist() for a in selected],
+                "contributed": [a.tolist() for a in contributed],
+                "num_steps": [a.tolist() for a in num_steps],
+                "totals": totals,
+            },
+        )
+
+    restored = None
+    if resume:
+        if checkpoint_dir is None:
+            raise ValueError("resume=True needs checkpoint_dir")
+        restored = load_state(checkpoint_dir, jax.device_get(state))
     try:
-        record(0, state, None)
-        start = 0
+        if restored is None:
+            record(0, state, None)
+            checkpoint(0)
+            start = 0
+        else:
+            host_state, progress = restored
+            state = (
+                jax.device_put(host_state, replicated(mesh))
+                if mesh is not None
+                else (jax.tree.map(jnp.asarray, host_state))
+            )
+            start = int(progress["round"])
+            if start > rounds:
+                raise ValueError(f"the checkpoint is at round {start}, past rounds={rounds}")
+            history.extend(progress["history"])
+            selected.extend(np.asarray(a, np.int32) for a in progress["selected"])
+            contributed.extend(np.asarray(a, bool) for a in progress["contributed"])
+            num_steps.extend(np.asarray(a, np.int32) for a in progress["num_steps"])
+            totals.update(progress["totals"])
+            participation[:] = history[-1]["client_metrics"]["participation"]
+            if bar is not None:
+                bar.update(start)
         while start < rounds:
             end = min(start + eval_every, rounds)
             length = end - start
@@ -667,6 +718,7 @@ def simulate(
             totals["up"] += int(took_part.sum()) * up_each
             totals["down"] += int(ids.size) * down_each
             entry = record(end, state, metrics.train_loss)
+            checkpoint(end)
             if bar is not None:
                 m = entry["metrics"]
                 shown = {k: f"{m[k]:.4f}" for k in ("test_loss", "test_accuracy") if k in m}
@@ -683,10 +735,17 @@ def simulate(
         num_params=num_params(state.params),
         wall_s=time.perf_counter() - t_start,
         compile_s=compile_s,
-        selected=np.concatenate(selected, axis=0),
-        contributed=np.concatenate(contributed, axis=0),
-        num_steps=np.concatenate(num_steps, axis=0),
+        selected=_stack_rounds(selected, clients_per_round, np.int32),
+        contributed=_stack_rounds(contributed, clients_per_round, bool),
+        num_steps=_stack_rounds(num_steps, clients_per_round, np.int32),
     )
+
+
+def _stack_rounds(blocks: list, k: int, dtype) -> np.ndarray:
+    """Per-block ``[L, K]`` records as one ``[rounds, K]`` array (``[0, K]`` when none)."""
+    if not blocks:
+        return np.zeros((0, k), dtype)
+    return np.concatenate([np.asarray(b, dtype).reshape(-1, k) for b in blocks], axis=0)
 
 
 def _client_update_for(algorithm: Algorithm, model: Model, data: FederatedData, spec):

@@ -1,0 +1,183 @@
+"""``fljax-report <sweep folder>``: one table and learning curves from many run folders.
+
+Collects every run folder under the given folder (each holds ``summary.json``,
+``metrics.jsonl`` and ``.hydra/overrides.yaml``), groups the runs by their Hydra overrides
+without the seed, and writes ``report.md`` and ``report.csv`` (final metrics as mean +- std over
+the seeds of each group) and ``curves.png`` / ``curves.pdf`` (the mean learning curve of each
+group with a +- 1 std band).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from fljax._io import SUMMARY_FILE, read_metrics
+
+SEED_KEYS = ("seed", "+seed")
+
+
+def _overrides(run_dir: Path) -> dict[str, str]:
+    path = run_dir / ".hydra" / "overrides.yaml"
+    if not path.exists():
+        return {}
+    from omegaconf import OmegaConf
+
+    out = {}
+    for item in OmegaConf.to_container(OmegaConf.load(path)) or []:
+        key, _, value = str(item).partition("=")
+        if not key.startswith("hydra."):
+            out[key.lstrip("+~")] = value
+    return out
+
+
+def collect(root: str | Path) -> list[dict]:
+    """Every finished run under ``root``: its overrides, summary and history."""
+    runs = []
+    for summary_path in sorted(Path(root).rglob(SUMMARY_FILE)):
+        run_dir = summary_path.parent
+        summary = json.loads(summary_path.read_text())
+        if summary.get("status") != "finished":
+            continue
+        runs.append(
+            dict(
+                path=run_dir,
+                overrides=_overrides(run_dir),
+                summary=summary,
+                history=read_metrics(run_dir),
+            )
+        )
+    if not runs:
+        raise FileNotFoundError(f"no finished fljax runs (summary.json) under {root}")
+    return runs
+
+
+def group(runs: list[dict]) -> dict[tuple, list[dict]]:
+    """Runs keyed by the overrides that vary across the sweep, the seed excepted (sorted
+    ``(key, value)`` pairs); overrides shared by every run are constants, not groups."""
+    keys = {k for run in runs for k in run["overrides"] if k not in SEED_KEYS}
+    varying = sorted(k for k in keys if len({r["overrides"].get(k) for r in runs}) > 1)
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for run in runs:
+        groups[tuple((k, run["overrides"].get(k, "")) for k in varying)].append(run)
+    return dict(sorted(groups.items()))
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], np.float64)
+    if v.size == 0:
+        return float("nan"), float("nan")
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+
+
+def default_metrics(runs: list[dict]) -> list[str]:
+    """The pooled, client-mean and worst-client figures of every test metric."""
+    keys = runs[0]["summary"]["metrics"].keys()
+    base = [
+        k
+        for k in keys
+        if k.startswith("test_")
+        and k.count("_") >= 1
+        and not k.endswith(("_client_mean", "_client_std", "_worst", "_undefined_clients"))
+    ]
+    out = []
+    for k in base:
+        out += [k, f"{k}_client_mean", f"{k}_worst"]
+    return [k for k in out if k in keys]
+
+
+def table(groups: dict[tuple, list[dict]], metrics: list[str]) -> tuple[list[str], list[list]]:
+    """Header and rows: one row per group, override values then ``mean +- std`` per metric."""
+    keys = sorted({k for g in groups for k, _ in g})
+    header = [*keys, "runs", *metrics]
+    rows = []
+    for g, runs in groups.items():
+        values = dict(g)
+        row = [values.get(k, "") for k in keys] + [len(runs)]
+        for m in metrics:
+            mean, std = _mean_std([r["summary"]["metrics"].get(m) for r in runs])
+            row.append(f"{mean:.4f} ± {std:.4f}")
+        rows.append(row)
+    return header, rows
+
+
+def plot_curves(groups: dict[tuple, list[dict]], metric: str):
+    """Mean learning curve of ``metric`` per group with a +- 1 std band (a matplotlib Figure)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for g, runs in groups.items():
+        rounds = [e["round"] for e in runs[0]["history"]]
+        curves = np.array(
+            [[e["metrics"].get(metric) for e in r["history"]] for r in runs], dtype=np.float64
+        )
+        mean, std = np.nanmean(curves, axis=0), np.nanstd(curves, axis=0)
+        label = ", ".join(f"{k}={v}" for k, v in g) or "all runs"
+        ax.plot(rounds, mean, label=f"{label} (n={len(runs)})")
+        ax.fill_between(rounds, mean - std, mean + std, alpha=0.2)
+    ax.set_xlabel("round")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric}: mean over seeds, band = 1 std")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def report(
+    root: str | Path,
+    out: str | Path | None = None,
+    metrics: list[str] | None = None,
+    curve_metric: str | None = None,
+) -> dict:
+    """Writes report.md, report.csv, curves.png and curves.pdf; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    runs = collect(root)
+    groups = group(runs)
+    metrics = metrics or default_metrics(runs)
+    out = Path(out or root)
+    out.mkdir(parents=True, exist_ok=True)
+    header, rows = table(groups, metrics)
+    with open(out / "report.csv", "w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+    md = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    md += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    (out / "report.md").write_text("\n".join(md) + "\n")
+    curve_metric = curve_metric or metrics[0]
+    fig = plot_curves(groups, curve_metric)
+    for ext in ("png", "pdf"):
+        fig.savefig(out / f"curves.{ext}", dpi=100)
+    return {
+        "markdown": out / "report.md",
+        "csv": out / "report.csv",
+        "figure": out / "curves.png",
+        "rows": len(rows),
+        "runs": len(runs),
+    }
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="fljax-report", description=__doc__.splitlines()[0])
+    p.add_argument("sweep", type=Path, help="a multirun folder (or any folder of run folders)")
+    p.add_argument("--out", type=Path, default=None, help="where to write (default: sweep)")
+    p.add_argument("--metrics", nargs="+", default=None, help="final metrics in the table")
+    p.add_argument("--curve", default=None, help="metric of the learning curves")
+    args = p.parse_args(argv)
+    paths = report(args.sweep, args.out, args.metrics, args.curve)
+    print(Path(paths["markdown"]).read_text())
+    print(
+        f"{paths['runs']} runs in {paths['rows']} groups; wrote {paths['csv']}, "
+        f"{paths['figure']} (and .pdf)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""A 2x2 sweep followed by fljax-report: a 2-row mean +- std table and a readable figure."""
+
+import csv
+import subprocess
+import sys
+
+import pytest
+
+from fljax import report
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fljax.run",
+            "-m",
+            "algorithm.client_lr=0.05,0.2",
+            "seed=0,1",
+            "rounds=3",
+            "eval_every=1",
+            "clients_per_round=4",
+            "model=logistic",
+            "progress=false",
+            "checkpoint=false",
+            f"hydra.sweep.dir={root}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return root
+
+
+def test_report_groups_seeds_into_mean_and_std(sweep, tmp_path):
+    paths = report.report(sweep, tmp_path)
+    assert paths["runs"] == 4 and paths["rows"] == 2
+    rows = list(csv.DictReader(open(paths["csv"])))
+    assert [r["algorithm.client_lr"] for r in rows] == ["0.05", "0.2"]
+    assert all(r["runs"] == "2" for r in rows)
+    mean, std = rows[0]["test_accuracy"].split(" ± ")
+    runs = [r for r in report.collect(sweep) if r["overrides"]["algorithm.client_lr"] == "0.05"]
+    accs = [r["summary"]["metrics"]["test_accuracy"] for r in runs]
+    assert float(mean) == pytest.approx(sum(accs) / 2, abs=1e-4)
+    assert float(std) == pytest.approx(abs(accs[0] - accs[1]) / 2**0.5, abs=1e-4)
+    assert "| algorithm.client_lr |" in paths["markdown"].read_text()
+    assert (tmp_path / "curves.png").exists() and (tmp_path / "curves.pdf").exists()
+
+
+def test_curves_figure_is_readable(sweep):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    runs = report.collect(sweep)
+    fig = report.plot_curves(report.group(runs), "test_accuracy")
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "round" and ax.get_ylabel() == "test_accuracy"
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["algorithm.client_lr=0.05 (n=2)", "algorithm.client_lr=0.2 (n=2)"]
+    assert len(ax.collections) == 2  # one std band per group
+
+
+def test_report_on_an_empty_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no finished fljax runs"):
+        report.report(tmp_path)

@@ -1,0 +1,79 @@
+"""Checkpoint and resume: an interrupted run finishes exactly like an uninterrupted one."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+import fljax
+from fljax.run import CONF_DIR, run
+
+
+class Crash(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("name", ["scaffold", "cyclic"])  # client/server state; a key in state
+def test_simulate_resumes_bit_identically(tmp_path, breast_cancer_fed, name):
+    model = fljax.models.get("mlp", num_classes=2, hidden=(8,))
+    kw = dict(shuffle=True) if name == "cyclic" else {}
+    algo = fljax.algorithms.get(name, client_lr=0.05, local_epochs=1, batch_size=16, **kw)
+    args = dict(rounds=8, clients_per_round=4, seed=3, eval_every=2)
+    full = fljax.simulate(algo, model, breast_cancer_fed, **args)
+
+    def crash_at_round_6(entry):
+        if entry["round"] == 6:
+            raise Crash
+
+    with pytest.raises(Crash):
+        fljax.simulate(
+            algo,
+            model,
+            breast_cancer_fed,
+            checkpoint_dir=str(tmp_path),
+            callbacks=[crash_at_round_6],
+            **args,
+        )
+    seen = []
+    resumed = fljax.simulate(
+        algo,
+        model,
+        breast_cancer_fed,
+        checkpoint_dir=str(tmp_path),
+        resume=True,
+        callbacks=[seen.append],
+        **args,
+    )
+    assert [e["round"] for e in seen] == [6, 8]  # the last checkpoint was round 4
+    assert json.dumps(resumed.history) == json.dumps(full.history)
+    np.testing.assert_array_equal(resumed.selected, full.selected)
+    for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(full.params), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def _compose(overrides):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def test_cli_resume_extends_a_run_to_the_same_metrics(tmp_path):
+    common = ["eval_every=2", "clients_per_round=4", "model=logistic", "progress=false"]
+    run(_compose([*common, "rounds=8"]), tmp_path / "straight")
+    run(_compose([*common, "rounds=4"]), tmp_path / "twice")
+    run(_compose([*common, "rounds=8", "resume=true"]), tmp_path / "twice")
+    straight = (tmp_path / "straight" / "metrics.jsonl").read_text()
+    assert (tmp_path / "twice" / "metrics.jsonl").read_text() == straight
+    assert [json.loads(x)["round"] for x in straight.splitlines()] == [0, 2, 4, 6, 8]
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="no checkpoint"):
+        run(_compose(["rounds=2", "resume=true", "progress=false"]), tmp_path)
+
+
+def test_torn_last_metrics_line_is_skipped(tmp_path):
+    good = {"round": 0, "metrics": {}}
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(good) + "\n" + '{"round": 2, "met')
+    assert fljax._io.read_metrics(tmp_path) == [good]
