@@ -51,6 +51,27 @@ def client_table(data, entry: dict) -> str:
     return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, rows)])
 
 
+def _loggers(cfg: DictConfig, run_dir: Path) -> list:
+    """The loggers switched on in ``cfg.loggers`` (none by default)."""
+    from fljax.loggers import MLflowLogger, TensorBoardLogger, flatten
+
+    opts = cfg.get("loggers") or {}
+    out = []
+    if opts.get("tensorboard", False):
+        out.append(TensorBoardLogger(run_dir / "tensorboard"))
+    if opts.get("mlflow", False):
+        params = flatten(OmegaConf.to_container(cfg, resolve=True))
+        out.append(
+            MLflowLogger(
+                params,
+                experiment=opts.get("mlflow_experiment", "fljax"),
+                run_name=run_dir.name,
+                tracking_uri=opts.get("mlflow_uri"),
+            )
+        )
+    return out
+
+
 def run(cfg: DictConfig, run_dir: str | Path) -> SimulationResult:
     """Runs the composed config ``cfg`` and writes its run folder ``run_dir``."""
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save step at INFO
@@ -71,6 +92,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> SimulationResult:
             raise ValueError(f"resume=true but {run_dir} has no checkpoint ({progress})")
         keep_until = int(json.loads(progress.read_text())["round"])
     writer = MetricsWriter(run_dir, keep_until=keep_until)
+    loggers = _loggers(cfg, run_dir)
     t0 = time.perf_counter()
     summary = {
         "status": "running",
@@ -96,18 +118,27 @@ def run(cfg: DictConfig, run_dir: str | Path) -> SimulationResult:
             eval_train=bool(cfg.get("eval_train", False)),
             checkpoint_dir=None if state_dir is None else str(state_dir),
             resume=resume,
-            callbacks=[writer],
+            callbacks=[writer, *loggers],
             progress=bool(cfg.get("progress", False)),
         )
     except Exception as err:
+        for logger in loggers:
+            logger.close()
         summary.update(status="failed", error=f"{type(err).__name__}: {err}")
         summary["wall_s"] = time.perf_counter() - t0
         (run_dir / SUMMARY_FILE).write_text(json.dumps(to_jsonable(summary), indent=2))
         raise
+    for logger in loggers:
+        logger.close()
     if cfg.get("checkpoint", True):
         save_params(run_dir, result.params)
     final = result.history[-1]
     run_s = result.wall_s - result.compile_s
+    objective = cfg.get("objective") or f"test_{data.metrics[0]}"
+    if objective not in final["metrics"]:
+        raise ValueError(
+            f"objective={objective!r} is not a final metric; choose from {list(final['metrics'])}"
+        )
     summary.update(
         status="finished",
         final_round=final["round"],
@@ -120,6 +151,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> SimulationResult:
         rounds_per_s=int(cfg.rounds) / run_s if run_s > 0 else None,
         bytes_up=final["bytes_up"],
         bytes_down=final["bytes_down"],
+        objective={"name": objective, "value": final["metrics"][objective]},
     )
     (run_dir / SUMMARY_FILE).write_text(json.dumps(to_jsonable(summary), indent=2))
     print(f"\n{algorithm.name} on {data.name}: {data.num_clients} clients, round {final['round']}")
@@ -129,8 +161,10 @@ def run(cfg: DictConfig, run_dir: str | Path) -> SimulationResult:
 
 
 @hydra.main(version_base=None, config_path=CONF_DIR, config_name="config")
-def _hydra_main(cfg: DictConfig) -> None:
-    run(cfg, HydraConfig.get().runtime.output_dir)
+def _hydra_main(cfg: DictConfig) -> float | None:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    run(cfg, run_dir)
+    return json.loads((run_dir / SUMMARY_FILE).read_text())["objective"]["value"]
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """A 2x2 sweep followed by fljax-report: a 2-row mean +- std table and a readable figure."""
 
 import csv
+import json
 import subprocess
 import sys
 
@@ -67,3 +68,42 @@ def test_curves_figure_is_readable(sweep):
 def test_report_on_an_empty_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no finished fljax runs"):
         report.report(tmp_path)
+
+
+def test_optuna_sweeper_searches_a_hyperparameter(tmp_path):
+    """`fljax-run -m hydra/sweeper=optuna`: 3 trials over client_lr, best value reported."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fljax.run",
+            "-m",
+            "hydra/sweeper=optuna",
+            "hydra.sweeper.n_trials=3",
+            "hydra.sweeper.direction=maximize",
+            "hydra.sweeper.sampler.seed=0",
+            "algorithm.client_lr=interval(0.01,0.2)",
+            "rounds=2",
+            "eval_every=2",
+            "clients_per_round=4",
+            "model=logistic",
+            "progress=false",
+            "checkpoint=false",
+            "save_state=false",
+            f"hydra.sweep.dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    import yaml
+
+    best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
+    lr = best["best_params"]["algorithm.client_lr"]
+    assert 0.01 <= lr <= 0.2
+    trials = [json.loads(p.read_text()) for p in tmp_path.glob("*/summary.json")]
+    assert len(trials) == 3
+    assert best["best_value"] == max(t["objective"]["value"] for t in trials)
+    assert all(t["objective"]["name"] == "test_accuracy" for t in trials)
