@@ -2,38 +2,28 @@
 
 import csv
 import json
-import subprocess
-import sys
 
 import pytest
 
 from fljax import report
+from tests.cli import fljax_run
 
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fljax.run",
-            "-m",
-            "algorithm.client_lr=0.05,0.2",
-            "seed=0,1",
-            "rounds=3",
-            "eval_every=1",
-            "clients_per_round=4",
-            "model=logistic",
-            "progress=false",
-            "checkpoint=false",
-            f"hydra.sweep.dir={root}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    fljax_run(
+        "-m",
+        "algorithm.client_lr=0.05,0.2",
+        "seed=0,1",
+        "rounds=3",
+        "eval_every=1",
+        "clients_per_round=4",
+        "model=logistic",
+        "progress=false",
+        "checkpoint=false",
+        f"hydra.sweep.dir={root}",
     )
-    assert out.returncode == 0, out.stderr[-3000:]
     return root
 
 
@@ -73,31 +63,22 @@ def test_report_on_an_empty_folder_is_a_clear_error(tmp_path):
 def test_optuna_sweeper_searches_a_hyperparameter(tmp_path):
     """`fljax-run -m hydra/sweeper=optuna`: 3 trials over client_lr, best value reported."""
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fljax.run",
-            "-m",
-            "hydra/sweeper=optuna",
-            "hydra.sweeper.n_trials=3",
-            "hydra.sweeper.direction=maximize",
-            "hydra.sweeper.sampler.seed=0",
-            "algorithm.client_lr=interval(0.01,0.2)",
-            "rounds=2",
-            "eval_every=2",
-            "clients_per_round=4",
-            "model=logistic",
-            "progress=false",
-            "checkpoint=false",
-            "save_state=false",
-            f"hydra.sweep.dir={tmp_path}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    fljax_run(
+        "-m",
+        "hydra/sweeper=optuna",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.direction=maximize",
+        "hydra.sweeper.sampler.seed=0",
+        "algorithm.client_lr=interval(0.01,0.2)",
+        "rounds=2",
+        "eval_every=2",
+        "clients_per_round=4",
+        "model=logistic",
+        "progress=false",
+        "checkpoint=false",
+        "save_state=false",
+        f"hydra.sweep.dir={tmp_path}",
     )
-    assert out.returncode == 0, out.stderr[-3000:]
     import yaml
 
     best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())

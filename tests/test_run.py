@@ -1,8 +1,6 @@
 """The Hydra entry point and the run-folder contract."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -13,6 +11,7 @@ from hydra.utils import instantiate
 
 import fljax
 from fljax.run import CONF_DIR, run
+from tests.cli import fljax_run
 
 GROUPS = ("dataset", "model", "algorithm")
 FAST = ["rounds=4", "eval_every=2", "clients_per_round=3", "progress=false"]
@@ -107,13 +106,7 @@ def test_bad_config_value_is_named(tmp_path):
 
 
 def test_cli_writes_the_run_folder(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-m", "fljax.run", *FAST, "model=logistic", f"hydra.run.dir={tmp_path}"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
+    out = fljax_run(*FAST, "model=logistic", f"hydra.run.dir={tmp_path}")
     assert "client mean" in out.stdout  # the per-hospital table
     for name in (".hydra/config.yaml", "metrics.jsonl", "summary.json", "checkpoint"):
         assert (tmp_path / name).exists(), name
@@ -124,26 +117,17 @@ def test_one_command_sweeps_every_algorithm(tmp_path):
     """`fljax-run -m algorithm=<all>`: one run folder per algorithm, each finished."""
     algos = sorted(p.stem for p in (Path(CONF_DIR) / "algorithm").glob("*.yaml"))
     assert set(algos) == set(fljax.algorithms.names())
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fljax.run",
-            "-m",
-            f"algorithm={','.join(algos)}",
-            "rounds=2",
-            "eval_every=2",
-            "clients_per_round=4",
-            "model=logistic",
-            "progress=false",
-            "checkpoint=false",
-            f"hydra.sweep.dir={tmp_path}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    fljax_run(
+        "-m",
+        f"algorithm={','.join(algos)}",
+        "rounds=2",
+        "eval_every=2",
+        "clients_per_round=4",
+        "model=logistic",
+        "progress=false",
+        "checkpoint=false",
+        f"hydra.sweep.dir={tmp_path}",
     )
-    assert out.returncode == 0, out.stderr[-3000:]
     summaries = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*/summary.json"))]
     assert sorted(s["algorithm"] for s in summaries) == algos
     assert all(s["status"] == "finished" for s in summaries)
