@@ -3,6 +3,7 @@
 from fljax import aggregate as aggregate
 from fljax import algorithms as algorithms
 from fljax import client as client
+from fljax import compress as compress
 from fljax import data as data
 from fljax import metrics as metrics
 from fljax import models as models
@@ -32,6 +33,7 @@ __all__ = [
     "algorithms",
     "chain",
     "client",
+    "compress",
     "data",
     "identity",
     "load_run",

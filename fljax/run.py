@@ -83,6 +83,9 @@ def run(cfg: DictConfig, run_dir: str | Path) -> SimulationResult:
         model_kwargs["num_classes"] = data.num_classes
     model = instantiate(cfg.model, _convert_="all", **model_kwargs)
     algorithm = instantiate(cfg.algorithm, _convert_="all")
+    compression = None
+    if cfg.get("compression") is not None:
+        compression = instantiate(cfg.compression, _convert_="all")
     resume = bool(cfg.get("resume", False))
     state_dir = run_dir / RESUME_DIR if cfg.get("save_state", True) or resume else None
     keep_until = None
@@ -100,6 +103,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> SimulationResult:
         "num_clients": data.num_clients,
         "model": model.name,
         "algorithm": algorithm.name,
+        "compression": None if compression is None else compression.name,
         "hparams": algorithm.hparams,
         "seed": int(cfg.seed),
         "rounds": int(cfg.rounds),
@@ -116,6 +120,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> SimulationResult:
             stragglers=float(cfg.get("stragglers", 0.0)),
             straggler_policy=str(cfg.get("straggler_policy", "drop")),
             eval_train=bool(cfg.get("eval_train", False)),
+            compression=compression,
             checkpoint_dir=None if state_dir is None else str(state_dir),
             resume=resume,
             callbacks=[writer, *loggers],

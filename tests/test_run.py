@@ -13,7 +13,7 @@ import fljax
 from fljax.run import CONF_DIR, run
 from tests.cli import fljax_run
 
-GROUPS = ("dataset", "model", "algorithm")
+GROUPS = ("dataset", "model", "algorithm", "compression")
 FAST = ["rounds=4", "eval_every=2", "clients_per_round=3", "progress=false"]
 
 
@@ -48,8 +48,19 @@ def test_every_config_composes_and_instantiates(group, choice, shared_data):
         assert isinstance(
             instantiate(cfg.model, _convert_="all", num_classes=2), fljax.models.Model
         )
-    else:
+    elif group == "algorithm":
         assert isinstance(instantiate(cfg.algorithm, _convert_="all"), fljax.algorithms.Algorithm)
+    else:
+        assert isinstance(instantiate(cfg.compression, _convert_="all"), fljax.compress.Compressor)
+
+
+def test_cli_compression_group_counts_compressed_bytes(tmp_path):
+    result = run(_compose([*FAST, "model=logistic", "compression=qsgd"]), tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["compression"] == "qsgd"
+    d = 30 * 2 + 2
+    assert summary["bytes_up"] == 4 * 3 * -(-(32 + d * (1 + 5)) // 8)  # s = 16 -> 5 bits
+    assert result.history[-1]["compression_ratio"] == pytest.approx(d * 32 / (32 + d * 6))
 
 
 @pytest.mark.parametrize(
