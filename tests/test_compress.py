@@ -123,3 +123,58 @@ def test_sparsifier_needs_exactly_one_of_fraction_and_k():
     for kwargs in ({}, {"fraction": 0.1, "k": 2}):
         with pytest.raises(ValueError, match="exactly one of fraction and k"):
             compress.topk(**kwargs).bits(params)
+
+
+def test_powersgd_is_exact_on_low_rank_matrices_and_counts_factors():
+    rng = np.random.default_rng(3)
+    low = rng.normal(size=(12, 2)) @ rng.normal(size=(2, 9))  # rank 2
+    tree = {"w": jnp.asarray(low, jnp.float32), "b": jnp.asarray(rng.normal(size=9), jnp.float32)}
+    c = compress.powersgd(rank=2)
+    out, state = _apply(c, tree)
+    np.testing.assert_allclose(out["w"], low, rtol=1e-4, atol=1e-4)  # one power step suffices
+    np.testing.assert_array_equal(out["b"], tree["b"])  # vectors go dense
+    assert state.q[1].shape == (9, 2) and state.q[0] == ()  # leaves sorted: b, w
+    assert c.bits(tree) == 32 * 2 * (12 + 9) + 32 * 9
+    full = rng.normal(size=(12, 9)).astype(np.float32)
+    approx, _ = _apply(c, {"w": jnp.asarray(full)})
+    err = np.linalg.norm(approx["w"] - full) / np.linalg.norm(full)
+    assert 0 < err < 1  # a real, lossy rank-2 approximation
+
+
+def test_selective_sharing_sends_only_matching_leaves(breast_cancer_fed):
+    params = {
+        "Dense_0": {"kernel": jnp.ones((30, 8)), "bias": jnp.ones(8)},
+        "Dense_1": {"kernel": jnp.ones((8, 2)), "bias": jnp.ones(2)},
+    }
+    c = compress.selective(shared="Dense_0/.*")
+    out, _ = _apply(c, params)
+    assert float(jnp.sum(out["Dense_1"]["kernel"])) == 0.0
+    np.testing.assert_array_equal(out["Dense_0"]["kernel"], params["Dense_0"]["kernel"])
+    assert c.bits(params) == 32 * (30 * 8 + 8)
+    with pytest.raises(ValueError, match="matches no parameter"):
+        _apply(compress.selective(shared="Conv_9/.*"), params)
+    # in a run, the unshared head keeps its initial value on the server
+    model = fljax.models.get("mlp", num_classes=2, hidden=(8,))
+    algo = fljax.algorithms.get("fedavg", client_lr=0.1, local_epochs=1, batch_size=16)
+    p0 = model.init(jax.random.key(0), breast_cancer_fed.sample())
+    res = fljax.simulate(
+        algo, model, breast_cancer_fed, rounds=2, clients_per_round=4, params=p0, compression=c
+    )
+    np.testing.assert_array_equal(res.params["Dense_1"]["kernel"], p0["Dense_1"]["kernel"])
+    assert not np.array_equal(res.params["Dense_0"]["kernel"], p0["Dense_0"]["kernel"])
+
+
+def test_error_feedback_uses_contractive_variants():
+    v = jnp.asarray(np.random.default_rng(4).normal(size=64), jnp.float32)
+    ef_rand = compress.get("randk", fraction=0.25, error_feedback=True)
+    assert ef_rand.hparams["scaled"] is False
+    out, _ = _apply(ef_rand, v)
+    kept = np.flatnonzero(np.asarray(out))
+    np.testing.assert_array_equal(np.asarray(out)[kept], np.asarray(v)[kept])  # no d/k scale
+    ef_q = compress.get("qsgd", levels=4, error_feedback=True)
+    plain, _ = _apply(compress.qsgd(levels=4), v, key=5)
+    shrunk, _ = _apply(ef_q, v, key=5)
+    omega = min(64 / 16, 8 / 4)
+    # same draw, divided by 1 + omega: ||C(v) - v|| < ||v|| (contractive)
+    np.testing.assert_allclose(shrunk, np.asarray(plain) / (1 + omega), rtol=1e-5)
+    assert np.linalg.norm(np.asarray(shrunk) - np.asarray(v)) < np.linalg.norm(v)

@@ -75,3 +75,14 @@ def test_flamby_reproduction_smoke(tmp_path, shared_data):
     # pooled training on Fed-Heart-Disease matches FLamby's 0.7953 pooled-test accuracy
     assert abs(heart["Pooled"]["pooled"][0] - 0.7953) < 0.02
     assert (tmp_path / "flamby.png").exists() and "wall_s" in figures
+
+
+def test_compression_tradeoff_smoke(tmp_path):
+    figures = _run_script(
+        ["experiments/compression_tradeoff.py", "--rounds", "2", "--eval-every", "2"], tmp_path
+    )
+    settings = figures["settings"]
+    assert len(settings) == 11 and settings["dense (none)"]["compression_ratio"] == 1.0
+    assert settings["sign + EF"]["compression_ratio"] > 30
+    assert settings["top-k 10%"]["uplink_bytes"] < settings["dense (none)"]["uplink_bytes"]
+    assert (tmp_path / "compression_tradeoff.png").exists()

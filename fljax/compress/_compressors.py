@@ -96,10 +96,11 @@ def topk(fraction: float | None = None, k: int | None = None) -> Compressor:
     return Compressor("topk", _flat_transform(fn), bits, False, dict(fraction=fraction, k=k))
 
 
-def randk(fraction: float | None = None, k: int | None = None) -> Compressor:
-    r"""Random-k sparsification, unbiased: ``k`` coordinates drawn without replacement from the
-    client's private seed, scaled by ``d / k``. Message: ``k`` float32 values and the 32-bit seed
-    (the server regenerates the indices): :math:`32 k + 32` bits.
+def randk(fraction: float | None = None, k: int | None = None, scaled: bool = True) -> Compressor:
+    r"""Random-k sparsification: ``k`` coordinates drawn without replacement from the client's
+    private seed, scaled by ``d / k`` (unbiased) or not (``scaled=False``: contractive, as error
+    feedback needs). Message: ``k`` float32 values and the 32-bit seed (the server regenerates
+    the indices): :math:`32 k + 32` bits.
 
     References:
         Stich, Cordonnier, Jaggi (2018), NeurIPS; Wangni et al. (2018), NeurIPS.
@@ -108,19 +109,24 @@ def randk(fraction: float | None = None, k: int | None = None) -> Compressor:
     def fn(v, key, d):
         kk = _k(fraction, k, d)
         idx = jax.random.choice(key, d, (kk,), replace=False)
-        return jnp.zeros_like(v).at[idx].set(v[idx] * (d / kk))
+        return jnp.zeros_like(v).at[idx].set(v[idx] * (d / kk if scaled else 1.0))
 
     def bits(params):
         return 32 * _k(fraction, k, _dim(params)) + 32
 
-    return Compressor("randk", _flat_transform(fn), bits, True, dict(fraction=fraction, k=k))
+    return Compressor(
+        "randk", _flat_transform(fn), bits, scaled, dict(fraction=fraction, k=k, scaled=scaled)
+    )
 
 
-def qsgd(levels: int = 16) -> Compressor:
+def qsgd(levels: int = 16, contractive: bool = False) -> Compressor:
     r"""QSGD stochastic quantization with ``s = levels``: :math:`Q(v_i) = \|v\|_2
     \operatorname{sign}(v_i)\, \xi_i`, :math:`\xi_i = (l + \text{Bernoulli}(s|v_i|/\|v\| - l))/s`,
-    :math:`l = \lfloor s|v_i|/\|v\| \rfloor`; unbiased. Message: the norm and per entry a sign
-    and a level: :math:`32 + d(1 + \lceil\log_2(s + 1)\rceil)` bits.
+    :math:`l = \lfloor s|v_i|/\|v\| \rfloor`; unbiased, with variance at most
+    :math:`\omega \|v\|^2`, :math:`\omega = \min(d/s^2, \sqrt d/s)` (Lemma 3.1). With
+    ``contractive`` the output is divided by :math:`1 + \omega`, which error feedback needs.
+    Message: the norm and per entry a sign and a level:
+    :math:`32 + d(1 + \lceil\log_2(s + 1)\rceil)` bits.
 
     References:
         Alistarh et al. (2017), "QSGD: Communication-Efficient SGD via Gradient Quantization
@@ -130,19 +136,26 @@ def qsgd(levels: int = 16) -> Compressor:
         raise ValueError(f"levels must be a positive integer, got {levels!r}")
 
     def fn(v, key, d):
-        del d
+        omega = min(d / levels**2, math.sqrt(d) / levels)
         norm = jnp.linalg.norm(v)
         safe = jnp.where(norm > 0, norm, 1.0)
         r = jnp.abs(v) / safe * levels
         lower = jnp.floor(r)
         up = jax.random.uniform(key, v.shape) < (r - lower)
         xi = (lower + up) / levels
-        return jnp.where(norm > 0, norm * jnp.sign(v) * xi, 0.0)
+        q = jnp.where(norm > 0, norm * jnp.sign(v) * xi, 0.0)
+        return q / (1.0 + omega) if contractive else q
 
     def bits(params):
         return 32 + _dim(params) * (1 + math.ceil(math.log2(levels + 1)))
 
-    return Compressor("qsgd", _flat_transform(fn), bits, True, dict(levels=levels))
+    return Compressor(
+        "qsgd",
+        _flat_transform(fn),
+        bits,
+        not contractive,
+        dict(levels=levels, contractive=contractive),
+    )
 
 
 def sign() -> Compressor:
@@ -165,13 +178,116 @@ def sign() -> Compressor:
     return Compressor("sign", _flat_transform(fn), bits, False, {})
 
 
+class PowerSGDState(NamedTuple):
+    q: tuple  # per leaf: [m, r] right factor carried to the next round (warm start), or ()
+
+
+def _as_matrix(x):
+    return x.reshape(x.shape[0], -1)
+
+
+def powersgd(rank: int = 2) -> Compressor:
+    r"""PowerSGD rank-``r`` compression of every matrix leaf (tensors as ``[n, prod(rest)]``):
+    one power-iteration step :math:`P = M Q`, orthonormalize :math:`P`, :math:`Q = M^\top P`,
+    received :math:`\hat M = P Q^\top`, with :math:`Q` kept per client as the next warm start;
+    vectors go dense. Biased: use it with error feedback. Message: :math:`32 r (n + m)` bits per
+    matrix, 32 bits per vector entry.
+
+    References:
+        Vogels, Karimireddy, Jaggi (2019), "PowerSGD: Practical Low-Rank Gradient Compression
+        for Distributed Optimization", NeurIPS, Algorithm 1.
+    """
+    if not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"rank must be a positive integer, got {rank!r}")
+
+    def init(params):
+        leaves = jax.tree.leaves(params)
+        qs = []
+        for i, p in enumerate(leaves):
+            if jnp.ndim(p) >= 2:
+                m = math.prod(jnp.shape(p)[1:])
+                qs.append(
+                    jax.random.normal(
+                        jax.random.fold_in(jax.random.key(0), i), (m, rank), jnp.float32
+                    )
+                )
+            else:
+                qs.append(())
+        return PowerSGDState(tuple(qs))
+
+    def update(updates, state, params=None, *, key=None, weights=None, **extra):
+        del params, key, weights, extra
+        leaves, treedef = jax.tree.flatten(updates)
+        out, qs = [], []
+        for leaf, q in zip(leaves, state.q, strict=True):
+            if leaf.ndim < 2:
+                out.append(leaf)
+                qs.append(())
+                continue
+            mat = _as_matrix(leaf)
+            p_, _ = jnp.linalg.qr(mat @ q)
+            q_new = mat.T @ p_
+            out.append((p_ @ q_new.T).reshape(leaf.shape))
+            qs.append(q_new)
+        return jax.tree.unflatten(treedef, out), PowerSGDState(tuple(qs))
+
+    def bits(params):
+        total = 0
+        for p in jax.tree.leaves(params):
+            shape = jnp.shape(p)
+            if len(shape) >= 2:
+                total += 32 * rank * (shape[0] + math.prod(shape[1:]))
+            else:
+                total += 32 * math.prod(shape)
+        return total
+
+    return Compressor("powersgd", Transform(init, update), bits, False, dict(rank=rank))
+
+
+def selective(shared: str = ".*") -> Compressor:
+    """Selective parameter sharing: only leaves whose path (``"Dense_0/kernel"``) matches the
+    regular expression ``shared`` are sent, dense; the others are not sent (zero delta, so the
+    server leaves them unchanged). Message: 32 bits per shared entry.
+
+    Keeping the unshared leaves as per-client personal parameters is the personalization
+    issue's job; this counts and simulates what goes over the wire.
+    """
+    import re
+
+    pattern = re.compile(shared)
+
+    def _mask(tree):
+        flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+        names = ["/".join(str(getattr(k, "key", k)) for k in path) for path, _ in flat]
+        return [bool(pattern.fullmatch(n)) for n in names]
+
+    def init(params):
+        if not any(_mask(params)):
+            raise ValueError(f"shared={shared!r} matches no parameter")
+        return EmptyState()
+
+    def update(updates, state, params=None, *, key=None, weights=None, **extra):
+        del params, key, weights, extra
+        leaves, treedef = jax.tree.flatten(updates)
+        keep = _mask(updates)
+        out = [x if k else jnp.zeros_like(x) for x, k in zip(leaves, keep, strict=True)]
+        return jax.tree.unflatten(treedef, out), state
+
+    def bits(params):
+        sizes = [math.prod(jnp.shape(p)) for p in jax.tree.leaves(params)]
+        return 32 * sum(n for n, k in zip(sizes, _mask(params), strict=True) if k)
+
+    return Compressor("selective", Transform(init, update), bits, False, dict(shared=shared))
+
+
 class ErrorFeedbackState(NamedTuple):
     residual: Any  # like params: what compression dropped so far (per client)
 
 
 def error_feedback(compressor: Compressor) -> Compressor:
     r"""Error feedback: compress :math:`p = \Delta + e`, send :math:`c = C(p)`, keep
-    :math:`e \leftarrow p - c` as the client's persistent residual.
+    :math:`e \leftarrow p - c` as the client's persistent residual. ``C`` must be contractive
+    (:func:`get` builds random-k unscaled and QSGD divided by :math:`1 + \omega` for it).
 
     References:
         Karimireddy et al. (2019), ICML, Algorithm 2; Stich et al. (2018).
@@ -204,6 +320,8 @@ _REGISTRY: dict[str, Callable[..., Compressor]] = {
     "randk": randk,
     "qsgd": qsgd,
     "sign": sign,
+    "powersgd": powersgd,
+    "selective": selective,
 }
 
 
@@ -227,5 +345,9 @@ def get(name: str, error_feedback: bool = False, **kwargs) -> Compressor:
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
         raise ValueError(f"compressor {name!r} got unknown arguments {unknown}; allowed: {allowed}")
+    if error_feedback and name == "randk":
+        kwargs.setdefault("scaled", False)  # EF needs a contractive compressor
+    if error_feedback and name == "qsgd":
+        kwargs.setdefault("contractive", True)
     c = fn(**kwargs)
     return _with_error_feedback(c) if error_feedback else c
