@@ -336,7 +336,7 @@ def get(name: str, error_feedback: bool = False, **kwargs) -> Compressor:
     Examples:
         >>> c = get("topk", fraction=0.1, error_feedback=True)
         >>> c.name, c.bits({"w": jnp.zeros((10, 10))})
-        ('topk+ef', 380)
+        ('topk+ef', 390)
     """
     if name not in _REGISTRY:
         raise ValueError(f"unknown compressor name={name!r}; choose one of {names()}")
