@@ -83,9 +83,11 @@ def run(cfg: DictConfig, run_dir: str | Path) -> SimulationResult:
         model_kwargs["num_classes"] = data.num_classes
     model = instantiate(cfg.model, _convert_="all", **model_kwargs)
     algorithm = instantiate(cfg.algorithm, _convert_="all")
-    compression = None
+    compression = downlink = None
     if cfg.get("compression") is not None:
         compression = instantiate(cfg.compression, _convert_="all")
+    if cfg.get("downlink") is not None:
+        downlink = instantiate(cfg.downlink, _convert_="all")
     resume = bool(cfg.get("resume", False))
     state_dir = run_dir / RESUME_DIR if cfg.get("save_state", True) or resume else None
     keep_until = None
@@ -104,6 +106,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> SimulationResult:
         "model": model.name,
         "algorithm": algorithm.name,
         "compression": None if compression is None else compression.name,
+        "downlink": None if downlink is None else downlink.name,
         "hparams": algorithm.hparams,
         "seed": int(cfg.seed),
         "rounds": int(cfg.rounds),
@@ -121,6 +124,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> SimulationResult:
             straggler_policy=str(cfg.get("straggler_policy", "drop")),
             eval_train=bool(cfg.get("eval_train", False)),
             compression=compression,
+            downlink=downlink,
             checkpoint_dir=None if state_dir is None else str(state_dir),
             resume=resume,
             callbacks=[writer, *loggers],

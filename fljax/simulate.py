@@ -45,6 +45,8 @@ class ServerState(NamedTuple):
         client_states: per-client algorithm states, stacked ``[C, ...]`` (SCAFFOLD's c_i,
             FedDyn's gradient memory, each client's own model in local-only training).
         round: ``()`` int32, rounds completed.
+        broadcast: with downlink compression, the model the clients hold (else ``()``).
+        downlink_state: the downlink compressor's state (else ``()``).
     """
 
     params: PyTree
@@ -54,6 +56,8 @@ class ServerState(NamedTuple):
     client_transform_states: PyTree
     client_states: PyTree
     round: jax.Array
+    broadcast: PyTree = ()
+    downlink_state: PyTree = ()
 
 
 class RoundMetrics(NamedTuple):
@@ -191,6 +195,7 @@ def build_round(
     clients_per_round: int,
     mesh: jax.sharding.Mesh | None = None,
     stragglers: Stragglers | None = None,
+    downlink: Any | None = None,
 ) -> Callable[[ServerState, jax.Array, ClientData], tuple[ServerState, RoundMetrics]]:
     """Builds the pure round ``(state, round_key, train) -> (state, RoundMetrics)``.
 
@@ -231,7 +236,8 @@ def build_round(
         return budget, contributed
 
     def federated(state: ServerState, key: jax.Array, train: ClientData):
-        k_select, k_clients, k_transform, k_aggregate, k_straggle = jax.random.split(key, 5)
+        k_select, k_clients, k_transform, k_aggregate, k_straggle, k_down = jax.random.split(key, 6)
+        start = state.params if downlink is None else state.broadcast  # what clients hold
         ids = select_uniform(k_select, num_clients, clients_per_round)
         batch = gather_clients(train, ids)
         budget, contributed = budget_for(ids, k_straggle, batch)
@@ -243,7 +249,7 @@ def build_round(
                 (batch, client_keys, client_states, budget), client_sharding(mesh)
             )
         out = jax.vmap(client_update, in_axes=(None, 0, 0, 0, 0, 0, None, 0), axis_name="clients")(
-            state.params,
+            start,
             batch.x,
             batch.y,
             batch.num_examples,
@@ -282,8 +288,16 @@ def build_round(
                 algorithm_state, _weighted_tree_mean(out.upload, c), num_clients, jnp.sum(c)
             )
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(aggregate)]))
+        new_params = optax.apply_updates(state.params, updates)
+        broadcast, downlink_state = state.broadcast, state.downlink_state
+        if downlink is not None:  # send C(x - x_hat); the gap carries over (implicit EF)
+            gap = jax.tree.map(jnp.subtract, new_params, state.broadcast)
+            sent, downlink_state = downlink.transform.update(
+                gap, state.downlink_state, new_params, key=k_down
+            )
+            broadcast = jax.tree.map(jnp.add, state.broadcast, sent)
         new_state = ServerState(
-            params=optax.apply_updates(state.params, updates),
+            params=new_params,
             opt_state=opt_state,
             aggregator_state=agg_state,
             algorithm_state=algorithm_state,
@@ -292,6 +306,8 @@ def build_round(
             ),
             client_states=_tree_put(state.client_states, ids, out.client_state, contributed),
             round=state.round + 1,
+            broadcast=broadcast,
+            downlink_state=downlink_state,
         )
         w = jnp.where(contributed, n, 0.0)
         train_loss = jnp.sum(out.train_loss * w) / jnp.maximum(jnp.sum(w), 1.0)
@@ -464,6 +480,7 @@ def simulate(
     straggler_policy: str = "drop",
     eval_train: bool = False,
     compression: Any | None = None,
+    downlink: Any | None = None,
     checkpoint_dir: str | None = None,
     resume: bool = False,
     devices: Sequence[jax.Device] | None = None,
@@ -500,6 +517,10 @@ def simulate(
             the algorithm's own client transform (its state, e.g. error-feedback residuals,
             persists per client); ``bytes_up`` then counts its exact message size and history
             entries carry ``compression_ratio`` (dense float32 bits / message bits).
+        downlink: a :class:`fljax.compress.Compressor` for the broadcast: the server keeps its
+            model x and the clients' copy x_hat, clients train from x_hat, and after each round
+            the server sends ``C(x - x_hat)`` (the gap carries over: implicit error feedback);
+            ``bytes_down`` counts its messages.
         checkpoint_dir: save the full state (orbax) and the history at every evaluation
             there, replacing the previous checkpoint.
         resume: continue from the checkpoint in ``checkpoint_dir`` if there is one: the
@@ -546,6 +567,18 @@ def simulate(
         algorithm = algorithm._replace(
             client_transform=chain(algorithm.client_transform, compression.transform)
         )
+    if downlink is not None:
+        from fljax.compress import Compressor
+
+        if not isinstance(downlink, Compressor):
+            raise ValueError(f"downlink must be a fljax Compressor, got {downlink!r}")
+        if mode != "federated":
+            raise ValueError(f"downlink compression needs mode='federated', not {mode!r}")
+        if downlink.hparams.get("error_feedback"):
+            raise ValueError(
+                "downlink already carries the untransmitted gap x - x_hat over; build the "
+                "downlink compressor with error_feedback=False"
+            )
     if mode == "centralized":
         clients_per_round = 1
     t_start = time.perf_counter()
@@ -558,8 +591,9 @@ def simulate(
         if jax.tree.structure(params) != expected_tree:
             raise ValueError(f"params do not match the structure of model {model.name!r}")
         params = jax.tree.map(jnp.asarray, params)
-    if compression is not None:
-        compression.bits(params)  # validates fraction / k against the model before compiling
+    for c in (compression, downlink):
+        if c is not None:
+            c.bits(params)  # validates fraction / k against the model before compiling
     out_shape = jax.eval_shape(lambda p, x: model.apply(p, x), params, data.sample()).shape
     expected = data.num_classes if data.task == "classification" else 1
     if out_shape[-1] != expected:
@@ -574,6 +608,8 @@ def simulate(
     spec = _train_spec(data, algorithm)
     num_train_clients = spec.x.shape[0]
     state = init_state(algorithm, params, num_train_clients)
+    if downlink is not None:
+        state = state._replace(broadcast=params, downlink_state=downlink.transform.init(params))
     if mode == "cyclic":  # the key of the cycle orders persists across rounds
         state = state._replace(algorithm_state=jax.random.fold_in(root, 2))
     train = ClientData(*(jnp.asarray(a) for a in spec))
@@ -606,12 +642,15 @@ def simulate(
         )
         compile_s += time.perf_counter() - t0
     run_block = jax.jit(
-        build_block(build_round(algorithm, model, data, clients_per_round, mesh, straggle))
+        build_block(
+            build_round(algorithm, model, data, clients_per_round, mesh, straggle, downlink)
+        )
     )
     compiled_blocks: dict[int, Any] = {}
 
     # Bytes on the wire per client and round (dense float32 encoding of every message).
     model_bytes = param_bytes(params)
+    broadcast_round = 0  # downlink bytes per round sent to every client (downlink compression)
     if mode == "federated":
         delta_bytes = model_bytes
         if compression is not None:
@@ -620,6 +659,9 @@ def simulate(
             _client_upload_shape(algorithm, model, data, spec, params, state)
         )
         down_each = model_bytes + _tree_bytes(state.algorithm_state)
+        if downlink is not None:  # every client must track x_hat: each broadcast goes to all C
+            down_each = _tree_bytes(state.algorithm_state)
+            broadcast_round = data.num_clients * math.ceil(downlink.bits(params) / 8)
     elif mode == "cyclic":
         up_each = down_each = model_bytes
     else:  # centralized and local training send nothing
@@ -739,7 +781,7 @@ def simulate(
             if mode != "centralized":
                 np.add.at(participation, ids[took_part], 1)
             totals["up"] += int(took_part.sum()) * up_each
-            totals["down"] += int(ids.size) * down_each
+            totals["down"] += int(ids.size) * down_each + length * broadcast_round
             entry = record(end, state, metrics.train_loss)
             checkpoint(end)
             if bar is not None:

@@ -178,3 +178,59 @@ def test_error_feedback_uses_contractive_variants():
     # same draw, divided by 1 + omega: ||C(v) - v|| < ||v|| (contractive)
     np.testing.assert_allclose(shrunk, np.asarray(plain) / (1 + omega), rtol=1e-5)
     assert np.linalg.norm(np.asarray(shrunk) - np.asarray(v)) < np.linalg.norm(v)
+
+
+def test_downlink_compression_tracks_the_server_model(breast_cancer_fed):
+    fed = breast_cancer_fed
+    model = fljax.models.get("logistic", num_classes=2)  # 62 parameters
+    algo = fljax.algorithms.get("fedavg", client_lr=0.1, local_epochs=1, batch_size=16)
+    p0 = model.init(jax.random.key(0), fed.sample())
+    args = dict(rounds=6, clients_per_round=4, eval_every=3, params=p0)
+    plain = fljax.simulate(algo, model, fed, **args)
+    # sending the whole gap densely is the identity: same run up to float rounding
+    dense = fljax.simulate(algo, model, fed, downlink=compress.selective(".*"), **args)
+    for a, b in zip(jax.tree.leaves(dense.params), jax.tree.leaves(plain.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    top = fljax.simulate(algo, model, fed, downlink=compress.topk(fraction=0.2), **args)
+    message = math.ceil(13 * (32 + 6) / 8)  # k = ceil(0.2 * 62) = 13
+    assert top.history[-1]["bytes_down"] == 6 * fed.num_clients * message
+    assert top.history[-1]["bytes_up"] == plain.history[-1]["bytes_up"]
+    # clients train from x_hat, which lags the server model by the untransmitted gap
+    gap = [
+        np.abs(np.asarray(a) - np.asarray(b)).max()
+        for a, b in zip(
+            jax.tree.leaves(top.params), jax.tree.leaves(top.state.broadcast), strict=True
+        )
+    ]
+    assert 0 < max(gap)
+    # ... and since clients start from x_hat, the trajectory differs from plain FedAvg
+    assert (
+        max(
+            np.abs(np.asarray(a) - np.asarray(b)).max()
+            for a, b in zip(jax.tree.leaves(top.params), jax.tree.leaves(plain.params), strict=True)
+        )
+        > 1e-3
+    )
+    long = fljax.simulate(
+        algo,
+        model,
+        fed,
+        rounds=30,
+        clients_per_round=8,
+        eval_every=30,
+        downlink=compress.topk(fraction=0.2),
+    )
+    assert long.final_metrics["test_accuracy"] > 0.9
+
+
+def test_downlink_rejects_error_feedback(breast_cancer_fed):
+    model = fljax.models.get("logistic", num_classes=2)
+    with pytest.raises(ValueError, match="error_feedback=False"):
+        fljax.simulate(
+            fljax.algorithms.get("fedavg"),
+            model,
+            breast_cancer_fed,
+            rounds=1,
+            clients_per_round=2,
+            downlink=compress.get("topk", fraction=0.1, error_feedback=True),
+        )

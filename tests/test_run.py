@@ -54,6 +54,18 @@ def test_every_config_composes_and_instantiates(group, choice, shared_data):
         assert isinstance(instantiate(cfg.compression, _convert_="all"), fljax.compress.Compressor)
 
 
+def test_cli_downlink_group(tmp_path):
+    run(
+        _compose(
+            [*FAST, "model=logistic", "compression@downlink=topk", "downlink.error_feedback=false"]
+        ),
+        tmp_path,
+    )
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["downlink"] == "topk"
+    assert summary["bytes_down"] == 4 * 8 * -(-(7 * (32 + 6)) // 8)  # 4 rounds, all 8 clients
+
+
 def test_cli_compression_group_counts_compressed_bytes(tmp_path):
     result = run(_compose([*FAST, "model=logistic", "compression=qsgd"]), tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
