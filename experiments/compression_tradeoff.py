@@ -77,8 +77,8 @@ def main(argv=None):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    for name, (x, y) in curves.items():
-        ax.plot([max(v, 1) for v in x], y, label=name, ls="--" if "EF" in name else "-")
+    for name, (x, y) in curves.items():  # round 0 (nothing sent yet) has no place on a log axis
+        ax.plot(x[1:], y[1:], label=name, ls="--" if "EF" in name else "-", marker=".")
     ax.set_xscale("log")
     ax.set_xlabel("cumulative uplink bytes (all clients)")
     ax.set_ylabel("pooled test AUROC")
