@@ -8,7 +8,8 @@ a ``NamedTuple`` state, composable with :func:`chain`. Server optimizers are pla
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, Protocol
 
 import jax
@@ -103,3 +104,19 @@ def chain(*transforms: Transform) -> Transform:
         return updates, ChainState(tuple(new_states))
 
     return Transform(init, update)
+
+
+def lookup(kind: str, registry: Mapping[str, Callable], name: str, kwargs: Mapping) -> Callable:
+    """The builder ``registry[name]``, after checking ``name`` and the argument names.
+
+    Raises ``ValueError`` listing the valid names for an unknown ``name``, or naming the
+    unknown arguments and listing the allowed ones; ``kind`` words the message ("model").
+    """
+    if name not in registry:
+        raise ValueError(f"unknown {kind} name={name!r}; choose one of {sorted(registry)}")
+    fn = registry[name]
+    allowed = list(inspect.signature(fn).parameters)
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise ValueError(f"{kind} {name!r} got unknown arguments {unknown}; allowed: {allowed}")
+    return fn

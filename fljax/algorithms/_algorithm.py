@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import optax
 
-from fljax._base import Transform
+from fljax._base import Transform, lookup
 
 CLIENT_OPTIMIZERS = ("sgd", "adam", "adamw", "adagrad", "rmsprop", "yogi")
 SERVER_OPTIMIZERS = ("sgd", "adam", "adagrad", "yogi")
@@ -133,11 +132,5 @@ def get(name: str, **kwargs: Any) -> Algorithm:
         >>> get("fedavg", client_lr=0.05).hparams["client_lr"]
         0.05
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown algorithm name={name!r}; choose one of {names()}")
-    fn = _REGISTRY[name]
-    allowed = list(inspect.signature(fn).parameters)
-    unknown = sorted(set(kwargs) - set(allowed))
-    if unknown:
-        raise ValueError(f"algorithm {name!r} got unknown arguments {unknown}; allowed: {allowed}")
+    fn = lookup("algorithm", _REGISTRY, name, kwargs)
     return fn(**kwargs)

@@ -9,7 +9,6 @@ the number of parameters of the whole model (the delta is flattened).
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -18,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from fljax._base import EmptyState, Transform
+from fljax._base import EmptyState, Transform, lookup
 
 
 class Compressor(NamedTuple):
@@ -338,13 +337,7 @@ def get(name: str, error_feedback: bool = False, **kwargs) -> Compressor:
         >>> c.name, c.bits({"w": jnp.zeros((10, 10))})
         ('topk+ef', 390)
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown compressor name={name!r}; choose one of {names()}")
-    fn = _REGISTRY[name]
-    allowed = list(inspect.signature(fn).parameters)
-    unknown = sorted(set(kwargs) - set(allowed))
-    if unknown:
-        raise ValueError(f"compressor {name!r} got unknown arguments {unknown}; allowed: {allowed}")
+    fn = lookup("compressor", _REGISTRY, name, kwargs)
     if error_feedback and name == "randk":
         kwargs.setdefault("scaled", False)  # EF needs a contractive compressor
     if error_feedback and name == "qsgd":

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable
 
 import numpy as np
 
+from fljax._base import lookup
 from fljax.data import _partition
 from fljax.data._federated import FederatedData, from_client_arrays, standardize_clients
 
@@ -37,13 +37,7 @@ def load(name: str, **kwargs) -> FederatedData:
         >>> fed.num_clients, fed.feature_shape, fed.num_classes
         (4, (30,), 2)
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown dataset name={name!r}; choose one of {names()}")
-    fn = _REGISTRY[name]
-    allowed = list(inspect.signature(fn).parameters)
-    unknown = sorted(set(kwargs) - set(allowed))
-    if unknown:
-        raise ValueError(f"dataset {name!r} got unknown arguments {unknown}; allowed: {allowed}")
+    fn = lookup("dataset", _REGISTRY, name, kwargs)
     return fn(**kwargs)
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from fljax._base import lookup
 
 PyTree = Any
 
@@ -163,13 +164,7 @@ def get(name: str, **kwargs) -> Model:
         >>> m.apply(p, jnp.zeros((5, 3))).shape
         (5, 2)
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model name={name!r}; choose one of {names()}")
-    fn = _REGISTRY[name]
-    allowed = list(inspect.signature(fn).parameters)
-    unknown = sorted(set(kwargs) - set(allowed))
-    if unknown:
-        raise ValueError(f"model {name!r} got unknown arguments {unknown}; allowed: {allowed}")
+    fn = lookup("model", _REGISTRY, name, kwargs)
     return fn(**kwargs)
 
 
