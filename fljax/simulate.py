@@ -19,9 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fljax._base import chain
 from fljax._devices import client_mesh, client_sharding, replicated
+from fljax._io import load_state, save_state
 from fljax.algorithms import Algorithm
 from fljax.client import evaluate_fn, make_client_update, plan_local_work
+from fljax.compress import Compressor
 from fljax.data import ClientData, FederatedData, gather_clients
 from fljax.metrics import HIGHER_IS_BETTER, summarize
 from fljax.models import Model, num_params, param_bytes
@@ -557,9 +560,6 @@ def simulate(
     )
     mode = algorithm.mode
     if compression is not None:
-        from fljax._base import chain
-        from fljax.compress import Compressor
-
         if not isinstance(compression, Compressor):
             raise ValueError(f"compression must be a fljax Compressor, got {compression!r}")
         if mode != "federated":
@@ -568,8 +568,6 @@ def simulate(
             client_transform=chain(algorithm.client_transform, compression.transform)
         )
     if downlink is not None:
-        from fljax.compress import Compressor
-
         if not isinstance(downlink, Compressor):
             raise ValueError(f"downlink must be a fljax Compressor, got {downlink!r}")
         if mode != "federated":
@@ -673,20 +671,16 @@ def simulate(
     totals = {"up": 0, "down": 0}
 
     def record(round_idx: int, st, train_losses) -> dict:
-        per_client_metrics = jax.device_get(evaluate(eval_params(st), *test))
         metrics, client_metrics = {}, {}
-        for name, values in per_client_metrics.items():
-            values = np.asarray(values, np.float64)
-            client_metrics[f"test_{name}"] = _json_list(values)
-            for suffix, v in summarize(values, test_counts, HIGHER_IS_BETTER[name]).items():
-                metrics[f"test_{name}{suffix}"] = v
+        splits = [("test", evaluate, test, test_counts)]
         if eval_train:
-            per_client_train = jax.device_get(evaluate_train(eval_params(st), *train_eval))
-            for name, values in per_client_train.items():
+            splits.append(("train", evaluate_train, train_eval, train_counts))
+        for prefix, scorer, split, counts in splits:
+            for name, values in jax.device_get(scorer(eval_params(st), *split)).items():
                 values = np.asarray(values, np.float64)
-                client_metrics[f"train_{name}"] = _json_list(values)
-                for suffix, v in summarize(values, train_counts, HIGHER_IS_BETTER[name]).items():
-                    metrics[f"train_{name}{suffix}"] = v
+                client_metrics[f"{prefix}_{name}"] = _json_list(values)
+                for suffix, v in summarize(values, counts, HIGHER_IS_BETTER[name]).items():
+                    metrics[f"{prefix}_{name}{suffix}"] = v
         metrics["local_loss"] = float(np.mean(train_losses)) if train_losses is not None else None
         client_metrics["num_test_examples"] = test_counts.tolist()
         client_metrics["participation"] = participation.tolist()
@@ -709,7 +703,6 @@ def simulate(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=rounds, unit="round", desc=f"{algorithm.name}/{data.name}")
-    from fljax._io import load_state, save_state
 
     def checkpoint(round_idx: int) -> None:
         if checkpoint_dir is None:
