@@ -197,6 +197,36 @@ class ClientContext(NamedTuple):
 Regularizer = Callable[[PyTree, PyTree, PyTree, PyTree], jax.Array]
 
 
+class DPSGD(NamedTuple):
+    """Sample-level DP-SGD inside each client (Abadi et al. 2016, Algorithm 1).
+
+    Every local step samples each of the client's ``n`` records independently with probability
+    ``q = batch_size / n`` (Poisson), clips each sampled record's gradient to L2 norm
+    ``clip_norm``, adds ``N(0, (noise_multiplier * clip_norm)^2)`` to their sum and divides by
+    the expected batch size ``q n = min(batch_size, n)`` (fixed denominator).
+    """
+
+    clip_norm: float
+    noise_multiplier: float
+    batch_size: int
+
+
+def clip_by_norm(tree: PyTree, clip_norm: jax.Array | float) -> tuple[PyTree, jax.Array]:
+    """``tree * min(1, clip_norm / ||tree||_2)`` (global L2 norm) and the norm before clipping."""
+    norm = optax.global_norm(tree)
+    scale = jnp.minimum(1.0, clip_norm / jnp.maximum(norm, 1e-30))
+    return jax.tree.map(lambda a: (a * scale).astype(a.dtype), tree), norm
+
+
+def gaussian_noise_like(key: jax.Array, tree: PyTree, std: jax.Array | float) -> PyTree:
+    """Independent ``N(0, std^2)`` entries shaped like ``tree`` (one key per leaf)."""
+    leaves, treedef = jax.tree.flatten(tree)
+    keys = jax.random.split(key, max(len(leaves), 1))
+    pairs = zip(keys[: len(leaves)], leaves, strict=True)
+    noise = [std * jax.random.normal(k, a.shape, a.dtype) for k, a in pairs]
+    return jax.tree.unflatten(treedef, noise)
+
+
 def make_client_update(
     model: Model,
     task: str,
@@ -205,6 +235,7 @@ def make_client_update(
     regularizer: Regularizer | None = None,
     finalize: Callable[[ClientContext], tuple[PyTree, PyTree]] | None = None,
     loss_options: dict | None = None,
+    dp_sgd: DPSGD | None = None,
 ):
     """Builds the local update of ONE client; the round lifts it with ``jax.vmap``.
 
@@ -215,8 +246,18 @@ def make_client_update(
     takes ``min(num_local_steps(n), budget)`` steps; later steps are masked no-ops. Batches
     come from ``batch_indices(split(key)[0], ...)``. ``finalize(ClientContext) ->
     (client_state, upload)`` computes the new persistent state and any extra upload.
+
+    With ``dp_sgd`` (:class:`DPSGD`) each step's data gradient is the privatized
+    Poisson-sampled, per-example clipped and noised sum over the client's records (per-example
+    gradients by ``vmap(grad)`` over all ``N`` padded records, masked; exact Poisson sampling,
+    no cap); the regularizer's gradient, which reads no data, is added unclipped.
     """
     loss_fn = batch_loss_fn(task, **(loss_options or {}))
+    if dp_sgd is not None and task == "survival":
+        raise ValueError(
+            "dp_sgd needs a per-example loss; the Cox partial likelihood of task='survival' "
+            "couples the records of a batch"
+        )
 
     def data_loss(params, xb, yb, mb, key):
         return loss_fn(model.apply(params, xb, train=True, key=key), yb, mb)
@@ -229,10 +270,37 @@ def make_client_update(
 
     grad_fn = jax.grad(batch_loss, has_aux=True)
 
+    def private_grad(params, x, y, sampled, denom, key, global_params, client_state, server_state):
+        # Abadi et al. (2016), Alg. 1: g = (sum_i clip(g_i) + N(0, s^2 C^2 I)) / (q n).
+        k_examples, k_noise = jax.random.split(key)
+
+        def example_loss(p, xi, yi, ki):
+            out = model.apply(p, xi[None], train=True, key=ki)
+            return loss_fn(out, yi[None], jnp.ones((1,), bool))
+
+        keys = jax.random.split(k_examples, x.shape[0])
+        losses, grads = jax.vmap(jax.value_and_grad(example_loss), in_axes=(None, 0, 0, 0))(
+            params, x, y, keys
+        )
+        clipped, _ = jax.vmap(lambda g: clip_by_norm(g, dp_sgd.clip_norm))(grads)
+        w = sampled.astype(jnp.float32)
+        total = jax.tree.map(lambda g: jnp.tensordot(w, g, axes=1), clipped)
+        noise = gaussian_noise_like(k_noise, total, dp_sgd.noise_multiplier * dp_sgd.clip_norm)
+        grads = jax.tree.map(lambda t, z: (t + z) / denom, total, noise)
+        if regularizer is not None:
+            reg = jax.grad(regularizer)(params, global_params, client_state, server_state)
+            grads = jax.tree.map(jnp.add, grads, reg)
+        return grads, masked_mean(losses, sampled)
+
     def client_update(global_params, x, y, n, key, client_state=(), server_state=(), budget=None):
         n_max = x.shape[0]
         k_batches, k_steps = jax.random.split(key)
-        idx, mask = batch_indices(k_batches, n, n_max, plan)
+        if dp_sgd is None:
+            idx, mask = batch_indices(k_batches, n, n_max, plan)
+        else:  # Poisson masks are drawn per step below
+            idx = mask = jnp.zeros((plan.max_steps, 1), jnp.int32)
+            rate = jnp.minimum(1.0, dp_sgd.batch_size / jnp.maximum(n, 1).astype(jnp.float32))
+            real = jnp.arange(n_max) < n
         steps = num_local_steps(n, plan)
         if budget is not None:
             steps = jnp.minimum(steps, budget).astype(jnp.int32)
@@ -241,20 +309,29 @@ def make_client_update(
         def step(carry, inputs):
             params, opt_state, loss_sum = carry
             t, idx_t, mask_t = inputs
-            if plan.full_batch:
-                xb, yb = x, y
+            k_t = jax.random.fold_in(k_steps, t)
+            if dp_sgd is not None:
+                u = jax.random.uniform(jax.random.fold_in(k_batches, t), (n_max,))
+                sampled = real & (u < rate)
+                grads, loss = private_grad(
+                    params,
+                    x,
+                    y,
+                    sampled,
+                    rate * jnp.maximum(n, 1),
+                    k_t,
+                    global_params,
+                    client_state,
+                    server_state,
+                )
             else:
-                xb, yb = x[idx_t], y[idx_t]
-            grads, loss = grad_fn(
-                params,
-                xb,
-                yb,
-                mask_t,
-                jax.random.fold_in(k_steps, t),
-                global_params,
-                client_state,
-                server_state,
-            )
+                if plan.full_batch:
+                    xb, yb = x, y
+                else:
+                    xb, yb = x[idx_t], y[idx_t]
+                grads, loss = grad_fn(
+                    params, xb, yb, mask_t, k_t, global_params, client_state, server_state
+                )
             updates, new_opt_state = optimizer.update(grads, opt_state, params)
             new_params = optax.apply_updates(params, updates)
             active = t < steps
