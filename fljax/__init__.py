@@ -7,6 +7,7 @@ from fljax import compress as compress
 from fljax import data as data
 from fljax import metrics as metrics
 from fljax import models as models
+from fljax import privacy as privacy
 from fljax._base import EmptyState as EmptyState
 from fljax._base import Transform as Transform
 from fljax._base import chain as chain
@@ -39,6 +40,7 @@ __all__ = [
     "load_run",
     "metrics",
     "models",
+    "privacy",
     "set_host_device_count",
     "simulate",
     "stateless",

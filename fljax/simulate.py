@@ -23,11 +23,13 @@ from fljax._base import chain
 from fljax._devices import client_mesh, client_sharding, replicated
 from fljax._io import load_state, save_state
 from fljax.algorithms import Algorithm
-from fljax.client import evaluate_fn, make_client_update, plan_local_work
+from fljax.client import evaluate_fn, make_client_update, num_local_steps, plan_local_work
 from fljax.compress import Compressor
 from fljax.data import ClientData, FederatedData, gather_clients
 from fljax.metrics import HIGHER_IS_BETTER, summarize
 from fljax.models import Model, num_params, param_bytes
+from fljax.privacy import Privacy, PrivacyPlan
+from fljax.privacy import plan as privacy_plan
 
 PyTree = Any
 
@@ -71,6 +73,7 @@ class RoundMetrics(NamedTuple):
     client_ids: jax.Array  # (K,), int32: the selected clients
     contributed: jax.Array  # (K,), bool: the client's update was aggregated (not dropped)
     num_steps: jax.Array  # (K,), int32: local steps each selected client took
+    sampled: jax.Array  # (K,), bool: the slot holds a sampled client (False: Poisson padding)
 
 
 @dataclasses.dataclass
@@ -146,6 +149,21 @@ def select_uniform(key: jax.Array, num_clients: int, clients_per_round: int) -> 
     )
 
 
+def select_poisson(
+    key: jax.Array, num_clients: int, rate: float, cap: int
+) -> tuple[jax.Array, jax.Array]:
+    """Poisson sampling: every client joins independently with probability ``rate``.
+
+    Returns ``ids[cap]`` and ``valid[cap]``: the sampled clients in random order, truncated to
+    ``cap`` (a uniformly random subset when more were sampled), padded with unsampled ids
+    marked invalid. The padded cohort keeps one static shape for ``vmap``.
+    """
+    u = jax.random.uniform(key, (num_clients,))
+    sampled = u < rate
+    order = jnp.argsort(jnp.where(sampled, u, 2.0 + u))[:cap].astype(jnp.int32)
+    return order, sampled[order]
+
+
 def pool_clients(data: ClientData) -> ClientData:
     """All clients' real examples concatenated into one client ``[1, sum n, ...]``."""
     x, y, n = (np.asarray(a) for a in data)
@@ -199,6 +217,7 @@ def build_round(
     mesh: jax.sharding.Mesh | None = None,
     stragglers: Stragglers | None = None,
     downlink: Any | None = None,
+    privacy: PrivacyPlan | None = None,
 ) -> Callable[[ServerState, jax.Array, ClientData], tuple[ServerState, RoundMetrics]]:
     """Builds the pure round ``(state, round_key, train) -> (state, RoundMetrics)``.
 
@@ -208,7 +227,9 @@ def build_round(
     """
     spec = _train_spec(data, algorithm)
     num_clients = spec.x.shape[0]
-    plan, client_update = _client_update_for(algorithm, model, data, spec)
+    plan, client_update = _client_update_for(algorithm, model, data, spec, privacy)
+    poisson = privacy is not None and privacy.poisson_clients
+    cohort = privacy.cohort if poisson else clients_per_round
     steps_per_client = None
     if isinstance(algorithm.local_steps, tuple):
         steps_per_client = jnp.asarray(algorithm.local_steps, jnp.int32)
@@ -241,9 +262,14 @@ def build_round(
     def federated(state: ServerState, key: jax.Array, train: ClientData):
         k_select, k_clients, k_transform, k_aggregate, k_straggle, k_down = jax.random.split(key, 6)
         start = state.params if downlink is None else state.broadcast  # what clients hold
-        ids = select_uniform(k_select, num_clients, clients_per_round)
+        if poisson:
+            ids, valid = select_poisson(k_select, num_clients, privacy.rate, cohort)
+        else:
+            ids = select_uniform(k_select, num_clients, clients_per_round)
         batch = gather_clients(train, ids)
         budget, contributed = budget_for(ids, k_straggle, batch)
+        if poisson:
+            contributed = contributed & valid
         # Client randomness depends on (round, client id), not on the client's slot.
         client_keys = fold(k_clients, ids)
         client_states = _tree_take(state.client_states, ids)
@@ -314,7 +340,9 @@ def build_round(
         )
         w = jnp.where(contributed, n, 0.0)
         train_loss = jnp.sum(out.train_loss * w) / jnp.maximum(jnp.sum(w), 1.0)
-        return new_state, RoundMetrics(train_loss, finite, ids, contributed, out.num_steps)
+        sampled = valid if poisson else jnp.ones(ids.shape, bool)
+        metrics = RoundMetrics(train_loss, finite, ids, contributed, out.num_steps, sampled)
+        return new_state, metrics
 
     def cyclic(state: ServerState, key: jax.Array, train: ClientData):
         # Round r visits cycle positions rK, ..., rK + K - 1; position p is client p mod C, or
@@ -349,7 +377,7 @@ def build_round(
             round=state.round + 1,
         )
         contributed = jnp.ones(ids.shape, bool)
-        return new_state, RoundMetrics(train_loss, finite, ids, contributed, steps)
+        return new_state, RoundMetrics(train_loss, finite, ids, contributed, steps, contributed)
 
     def local(state: ServerState, key: jax.Array, train: ClientData):
         k_select, k_clients = jax.random.split(key)
@@ -373,7 +401,9 @@ def build_round(
             round=state.round + 1,
         )
         contributed = jnp.ones(ids.shape, bool)
-        return new_state, RoundMetrics(train_loss, finite, ids, contributed, out.num_steps)
+        return new_state, RoundMetrics(
+            train_loss, finite, ids, contributed, out.num_steps, contributed
+        )
 
     if algorithm.mode == "cyclic":
         return cyclic
@@ -464,6 +494,65 @@ def _validate(
         raise ValueError("mode='cyclic' supports no client or server algorithm state")
 
 
+DP_MEAN_ALGORITHMS = ("fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "fedprox")
+
+
+def _with_privacy(privacy, algorithm, data, clients_per_round, rounds):
+    """Checks that ``privacy`` composes with ``algorithm`` and wires it in; returns the plan."""
+    if not isinstance(privacy, Privacy):
+        raise ValueError(f"privacy must be a fljax.privacy.Privacy, got {privacy!r}")
+    mode, level = algorithm.mode, privacy.level
+    if algorithm.client_finalize is not None:
+        raise ValueError(
+            f"privacy={privacy.name!r} cannot protect algorithm {algorithm.name!r}: its extra "
+            "per-client upload (control variates, gradient memory) is not privatized; use one "
+            f"of {DP_MEAN_ALGORITHMS}"
+        )
+    if level in ("client", "local") and mode != "federated":
+        raise ValueError(f"privacy={privacy.name!r} needs mode='federated', not {mode!r}")
+    if level == "client" and algorithm.name not in DP_MEAN_ALGORITHMS:
+        raise ValueError(
+            f"client-level DP replaces the aggregator with a clipped noisy mean, which changes "
+            f"algorithm {algorithm.name!r}; use one of {DP_MEAN_ALGORITHMS}"
+        )
+    if level == "record":
+        if algorithm.batch_size is None:
+            raise ValueError("privacy='dp_sgd' needs a minibatch algorithm (batch_size set)")
+        if data.task == "survival":
+            raise ValueError(
+                "privacy='dp_sgd' needs a per-example loss; the Cox loss of task='survival' "
+                "couples the records of a batch"
+            )
+    spec = _train_spec(data, algorithm)
+    local_plan = plan_local_work(
+        spec.num_examples,
+        spec.x.shape[1],
+        local_epochs=algorithm.local_epochs,
+        local_steps=algorithm.local_steps,
+        batch_size=algorithm.batch_size,
+    )
+    steps = np.asarray(num_local_steps(jnp.asarray(spec.num_examples), local_plan))
+    if isinstance(algorithm.local_steps, tuple):
+        steps = np.asarray(algorithm.local_steps)
+    num_units = spec.x.shape[0]
+    dp_plan = privacy_plan(
+        privacy,
+        num_clients=num_units,
+        clients_per_round=min(clients_per_round, num_units),
+        rounds=rounds,
+        steps=steps,
+        num_examples=np.asarray(spec.num_examples),
+        batch_size=algorithm.batch_size,
+    )
+    if level == "client":
+        algorithm = algorithm._replace(aggregator=dp_plan.aggregator())
+    elif level == "local":
+        algorithm = algorithm._replace(
+            client_transform=chain(algorithm.client_transform, dp_plan.client_transform())
+        )
+    return algorithm, dp_plan
+
+
 def _tree_bytes(tree) -> int:
     """Bytes of a dense encoding of arrays or shape structs."""
     return int(sum(math.prod(a.shape) * np.dtype(a.dtype).itemsize for a in jax.tree.leaves(tree)))
@@ -484,6 +573,7 @@ def simulate(
     eval_train: bool = False,
     compression: Any | None = None,
     downlink: Any | None = None,
+    privacy: Privacy | None = None,
     checkpoint_dir: str | None = None,
     resume: bool = False,
     devices: Sequence[jax.Device] | None = None,
@@ -524,6 +614,12 @@ def simulate(
             model x and the clients' copy x_hat, clients train from x_hat, and after each round
             the server sends ``C(x - x_hat)`` (the gap carries over: implicit error feedback);
             ``bytes_down`` counts its messages.
+        privacy: a :class:`fljax.privacy.Privacy` (``fljax.privacy.get(...)``):
+            client-level DP-FedAvg (replaces the aggregator; with Poisson client sampling
+            ``clients_per_round`` is the EXPECTED cohort and the vmapped cohort is padded to a
+            cap), local DP (a client transform before any compression) or record-level DP-SGD
+            in the local steps. Every history entry then carries ``epsilon`` and ``privacy``
+            (level, accountant, neighbouring relation, delta, noise multiplier, clip norm).
         checkpoint_dir: save the full state (orbax) and the history at every evaluation
             there, replacing the previous checkpoint.
         resume: continue from the checkpoint in ``checkpoint_dir`` if there is one: the
@@ -564,9 +660,6 @@ def simulate(
             raise ValueError(f"compression must be a fljax Compressor, got {compression!r}")
         if mode != "federated":
             raise ValueError(f"compression needs mode='federated', not {mode!r}")
-        algorithm = algorithm._replace(
-            client_transform=chain(algorithm.client_transform, compression.transform)
-        )
     if downlink is not None:
         if not isinstance(downlink, Compressor):
             raise ValueError(f"downlink must be a fljax Compressor, got {downlink!r}")
@@ -579,6 +672,15 @@ def simulate(
             )
     if mode == "centralized":
         clients_per_round = 1
+    dp_plan = None
+    if privacy is not None:
+        algorithm, dp_plan = _with_privacy(privacy, algorithm, data, clients_per_round, rounds)
+    if compression is not None:  # after the algorithm's (and local DP's) client transform
+        algorithm = algorithm._replace(
+            client_transform=chain(algorithm.client_transform, compression.transform)
+        )
+    width = dp_plan.cohort if dp_plan is not None and dp_plan.poisson_clients else None
+    width = width or clients_per_round  # the vmapped cohort
     t_start = time.perf_counter()
     root = jax.random.key(int(seed))
     k_init, k_rounds = jax.random.split(root)
@@ -612,7 +714,7 @@ def simulate(
         state = state._replace(algorithm_state=jax.random.fold_in(root, 2))
     train = ClientData(*(jnp.asarray(a) for a in spec))
     test = ClientData(*(jnp.asarray(a) for a in data.test))
-    mesh = None if mode in ("cyclic", "centralized") else client_mesh(clients_per_round, devices)
+    mesh = None if mode in ("cyclic", "centralized") else client_mesh(width, devices)
     if mesh is not None:  # data and server state replicated; per-round client work split
         state, train, test = jax.device_put((state, train, test), replicated(mesh))
 
@@ -641,7 +743,9 @@ def simulate(
         compile_s += time.perf_counter() - t0
     run_block = jax.jit(
         build_block(
-            build_round(algorithm, model, data, clients_per_round, mesh, straggle, downlink)
+            build_round(
+                algorithm, model, data, clients_per_round, mesh, straggle, downlink, dp_plan
+            )
         )
     )
     compiled_blocks: dict[int, Any] = {}
@@ -693,6 +797,13 @@ def simulate(
         }
         if compression is not None:
             entry["compression_ratio"] = 8 * model_bytes / compression.bits(params)
+        if dp_plan is not None:
+            counts = np.array([round_idx]) if mode == "centralized" else participation
+            clip = None
+            if dp_plan.privacy.adaptive is not None:
+                clip = float(jax.device_get(st.aggregator_state.clip_norm))
+            entry["privacy"] = dp_plan.report(round_idx, counts, clip)
+            entry["epsilon"] = entry["privacy"]["epsilon"]
         history.append(entry)
         for cb in callbacks:
             cb(entry)
@@ -774,7 +885,7 @@ def simulate(
             if mode != "centralized":
                 np.add.at(participation, ids[took_part], 1)
             totals["up"] += int(took_part.sum()) * up_each
-            totals["down"] += int(ids.size) * down_each + length * broadcast_round
+            totals["down"] += int(np.sum(metrics.sampled)) * down_each + length * broadcast_round
             entry = record(end, state, metrics.train_loss)
             checkpoint(end)
             if bar is not None:
@@ -793,9 +904,9 @@ def simulate(
         num_params=num_params(state.params),
         wall_s=time.perf_counter() - t_start,
         compile_s=compile_s,
-        selected=_stack_rounds(selected, clients_per_round, np.int32),
-        contributed=_stack_rounds(contributed, clients_per_round, bool),
-        num_steps=_stack_rounds(num_steps, clients_per_round, np.int32),
+        selected=_stack_rounds(selected, width, np.int32),
+        contributed=_stack_rounds(contributed, width, bool),
+        num_steps=_stack_rounds(num_steps, width, np.int32),
     )
 
 
@@ -806,7 +917,7 @@ def _stack_rounds(blocks: list, k: int, dtype) -> np.ndarray:
     return np.concatenate([np.asarray(b, dtype).reshape(-1, k) for b in blocks], axis=0)
 
 
-def _client_update_for(algorithm: Algorithm, model: Model, data: FederatedData, spec):
+def _client_update_for(algorithm: Algorithm, model: Model, data: FederatedData, spec, privacy=None):
     """The static local plan and ONE client's update function for ``algorithm`` on ``spec``."""
     plan = plan_local_work(
         spec.num_examples,
@@ -823,7 +934,9 @@ def _client_update_for(algorithm: Algorithm, model: Model, data: FederatedData, 
         algorithm.regularizer,
         algorithm.client_finalize,
         data.loss_options,
-    )
+        None if privacy is None or privacy.privacy.level != "record"
+        else privacy.dp_sgd(plan.batch_size),
+    )  # fmt: skip
     return plan, update
 
 
