@@ -1,6 +1,7 @@
 """``fljax-run`` / ``python -m fljax.run``: the Hydra entry point.
 
-Composes ``conf/`` (groups ``dataset``, ``model``, ``algorithm``), runs :func:`fljax.simulate`
+Composes ``conf/`` (groups ``dataset``, ``model``, ``algorithm``, ``compression``,
+``privacy``), runs :func:`fljax.simulate`
 and writes the run folder: ``.hydra/`` (composed config), ``metrics.jsonl`` (appended at every
 evaluation), ``summary.json`` and ``checkpoint/`` (final params, orbax).
 """
@@ -88,6 +89,9 @@ def run(cfg: DictConfig, run_dir: str | Path) -> SimulationResult:
         compression = instantiate(cfg.compression, _convert_="all")
     if cfg.get("downlink") is not None:
         downlink = instantiate(cfg.downlink, _convert_="all")
+    privacy = None
+    if cfg.get("privacy") is not None:
+        privacy = instantiate(cfg.privacy, _convert_="all")
     resume = bool(cfg.get("resume", False))
     state_dir = run_dir / RESUME_DIR if cfg.get("save_state", True) or resume else None
     keep_until = None
@@ -107,6 +111,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> SimulationResult:
         "algorithm": algorithm.name,
         "compression": None if compression is None else compression.name,
         "downlink": None if downlink is None else downlink.name,
+        "privacy": None if privacy is None else privacy.hparams | {"name": privacy.name},
         "hparams": algorithm.hparams,
         "seed": int(cfg.seed),
         "rounds": int(cfg.rounds),
@@ -125,6 +130,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> SimulationResult:
             eval_train=bool(cfg.get("eval_train", False)),
             compression=compression,
             downlink=downlink,
+            privacy=privacy,
             checkpoint_dir=None if state_dir is None else str(state_dir),
             resume=resume,
             callbacks=[writer, *loggers],
@@ -162,9 +168,18 @@ def run(cfg: DictConfig, run_dir: str | Path) -> SimulationResult:
         bytes_down=final["bytes_down"],
         objective={"name": objective, "value": final["metrics"][objective]},
     )
+    if "privacy" in final:
+        summary["epsilon"] = final["epsilon"]
+        summary["privacy_spent"] = final["privacy"]
     (run_dir / SUMMARY_FILE).write_text(json.dumps(to_jsonable(summary), indent=2))
     print(f"\n{algorithm.name} on {data.name}: {data.num_clients} clients, round {final['round']}")
     print(client_table(data, final))
+    if "privacy" in final:
+        p = final["privacy"]
+        print(
+            f"privacy ({p['level']} level, {p['relation']}, {p['accountant']}): "
+            f"epsilon = {p['epsilon']:.3f} at delta = {p['delta']:g}"
+        )
     print(f"run folder: {run_dir}  (wall {result.wall_s:.1f} s, compile {result.compile_s:.1f} s)")
     return result
 

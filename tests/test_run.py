@@ -13,7 +13,7 @@ import fljax
 from fljax.run import CONF_DIR, run
 from tests.cli import fljax_run
 
-GROUPS = ("dataset", "model", "algorithm", "compression")
+GROUPS = ("dataset", "model", "algorithm", "compression", "privacy")
 FAST = ["rounds=4", "eval_every=2", "clients_per_round=3", "progress=false"]
 
 
@@ -50,6 +50,8 @@ def test_every_config_composes_and_instantiates(group, choice, shared_data):
         )
     elif group == "algorithm":
         assert isinstance(instantiate(cfg.algorithm, _convert_="all"), fljax.algorithms.Algorithm)
+    elif group == "privacy":
+        assert isinstance(instantiate(cfg.privacy, _convert_="all"), fljax.privacy.Privacy)
     else:
         assert isinstance(instantiate(cfg.compression, _convert_="all"), fljax.compress.Compressor)
 
@@ -73,6 +75,19 @@ def test_cli_compression_group_counts_compressed_bytes(tmp_path):
     d = 30 * 2 + 2
     assert summary["bytes_up"] == 4 * 3 * -(-(32 + d * (1 + 5)) // 8)  # s = 16 -> 5 bits
     assert result.history[-1]["compression_ratio"] == pytest.approx(d * 32 / (32 + d * 6))
+
+
+def test_cli_privacy_group_writes_epsilon(tmp_path):
+    overrides = [*FAST, "model=logistic", "privacy=dp_sgd", "privacy.target_epsilon=3.0"]
+    # Every hospital joins every round: the calibration's worst case is met exactly.
+    overrides += ["privacy.noise_multiplier=null", "clients_per_round=8"]
+    result = run(_compose(overrides), tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["privacy"]["name"] == "dp_sgd"
+    assert summary["epsilon"] == pytest.approx(3.0, rel=0.02)
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epsilon"] for x in lines] == [e["epsilon"] for e in result.history]
+    assert lines[-1]["privacy"]["relation"] == "add_remove"
 
 
 @pytest.mark.parametrize(
