@@ -34,7 +34,16 @@ def main(argv=None):
     p.add_argument("--eval-every", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("outputs/compression"))
+    p.add_argument(
+        "--settings",
+        default=",".join(SETTINGS),
+        help=f"comma-separated subset of {list(SETTINGS)} (each with and without EF)",
+    )
     args = p.parse_args(argv)
+    chosen = args.settings.split(",")
+    unknown = sorted(set(chosen) - set(SETTINGS))
+    if unknown:
+        p.error(f"unknown --settings {unknown}; choose from {list(SETTINGS)}")
     fljax.set_host_device_count()
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -42,7 +51,8 @@ def main(argv=None):
     model = fljax.models.get("mlp", num_classes=2, hidden=(64, 64))
     algo = fljax.algorithms.get("fedavg", client_lr=0.05, local_epochs=2, batch_size=32)
     curves, table = {}, {}
-    for label, spec in SETTINGS.items():
+    for label in chosen:
+        spec = SETTINGS[label]
         for ef in (False,) if spec is None else (False, True):
             name = label + (" + EF" if ef else "")
             comp = None if spec is None else fljax.compress.get(error_feedback=ef, **spec)

@@ -1,6 +1,7 @@
 """Experiment scripts run end to end on a small setting and print their JSON line."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -79,10 +80,43 @@ def test_flamby_reproduction_smoke(tmp_path, shared_data):
 
 def test_compression_tradeoff_smoke(tmp_path):
     figures = _run_script(
-        ["experiments/compression_tradeoff.py", "--rounds", "2", "--eval-every", "2"], tmp_path
+        [
+            "experiments/compression_tradeoff.py",
+            "--rounds",
+            "2",
+            "--eval-every",
+            "2",
+            "--settings",
+            "dense (none),top-k 10%,sign",
+        ],
+        tmp_path,
     )
     settings = figures["settings"]
-    assert len(settings) == 11 and settings["dense (none)"]["compression_ratio"] == 1.0
+    assert len(settings) == 5 and settings["dense (none)"]["compression_ratio"] == 1.0
     assert settings["sign + EF"]["compression_ratio"] > 30
     assert settings["top-k 10%"]["uplink_bytes"] < settings["dense (none)"]["uplink_bytes"]
     assert (tmp_path / "compression_tradeoff.png").exists()
+
+
+def test_dp_tradeoff_smoke(tmp_path, shared_data):
+    figures = _run_script(
+        [
+            "experiments/dp_tradeoff.py",
+            "--rounds",
+            "2",
+            "--client-rounds",
+            "2",
+            "--epsilons",
+            "inf,2",
+            "--data-dir",
+            str(shared_data),
+        ],
+        tmp_path,
+    )
+    record, client = figures["record_level"], figures["client_level"]
+    assert math.isinf(record[0]["epsilon"]) and record[1]["epsilon"] == 2.0
+    assert abs(record[1]["epsilon_reported"] - 2.0) < 0.02 * 2.0
+    assert abs(client[1]["epsilon_reported"] - 2.0) < 0.02 * 2.0
+    for r in record:
+        assert 0.0 <= r["loss_mia_auc"] <= 1.0 and 0.0 <= r["update_mia_auc"] <= 1.0
+    assert (tmp_path / "dp_tradeoff.png").exists()
