@@ -28,8 +28,16 @@ from fljax.compress import Compressor
 from fljax.data import ClientData, FederatedData, gather_clients
 from fljax.metrics import HIGHER_IS_BETTER, summarize
 from fljax.models import Model, num_params, param_bytes
-from fljax.privacy import Privacy, PrivacyPlan
+from fljax.privacy import (
+    Privacy,
+    PrivacyPlan,
+    SecAgg,
+    graph_degree,
+    message_bytes,
+    secure_aggregator,
+)
 from fljax.privacy import plan as privacy_plan
+from fljax.privacy._secagg import SHARE_BYTES
 
 PyTree = Any
 
@@ -74,6 +82,7 @@ class RoundMetrics(NamedTuple):
     contributed: jax.Array  # (K,), bool: the client's update was aggregated (not dropped)
     num_steps: jax.Array  # (K,), int32: local steps each selected client took
     sampled: jax.Array  # (K,), bool: the slot holds a sampled client (False: Poisson padding)
+    aggregator_stats: Any = ()  # the aggregator's per-round counts (secure aggregation)
 
 
 @dataclasses.dataclass
@@ -305,6 +314,8 @@ def build_round(
             weights=weights,
             num_steps=out.num_steps,
             num_clients=num_clients,
+            client_ids=ids,
+            active=valid if poisson else None,
         )
         pseudo_grad = jax.tree.map(jnp.negative, aggregate)
         updates, opt_state = algorithm.server_optimizer.update(
@@ -341,7 +352,8 @@ def build_round(
         w = jnp.where(contributed, n, 0.0)
         train_loss = jnp.sum(out.train_loss * w) / jnp.maximum(jnp.sum(w), 1.0)
         sampled = valid if poisson else jnp.ones(ids.shape, bool)
-        metrics = RoundMetrics(train_loss, finite, ids, contributed, out.num_steps, sampled)
+        stats = getattr(agg_state, "stats", ())
+        metrics = RoundMetrics(train_loss, finite, ids, contributed, out.num_steps, sampled, stats)
         return new_state, metrics
 
     def cyclic(state: ServerState, key: jax.Array, train: ClientData):
@@ -553,6 +565,38 @@ def _with_privacy(privacy, algorithm, data, clients_per_round, rounds):
     return algorithm, dp_plan
 
 
+def _with_secagg(secagg, algorithm, data, compression, dp_plan):
+    """Checks that secure aggregation composes with the run and wraps the aggregator."""
+    if not isinstance(secagg, SecAgg):
+        raise ValueError(f"secure_aggregation must be a fljax.privacy.SecAgg, got {secagg!r}")
+    if algorithm.mode != "federated":
+        raise ValueError(f"secure aggregation needs mode='federated', not {algorithm.mode!r}")
+    if algorithm.name not in DP_MEAN_ALGORITHMS or algorithm.client_finalize is not None:
+        raise ValueError(
+            f"secure aggregation replaces the server's sum; algorithm {algorithm.name!r} is "
+            f"not a (weighted) mean of deltas; use one of {DP_MEAN_ALGORITHMS}"
+        )
+    if compression is not None and compression.name not in SECAGG_COMPRESSORS:
+        raise ValueError(
+            f"compression={compression.name!r} does not compose with secure aggregation: "
+            "masks make every message a dense ring vector, so sparsifiers with client-specific "
+            "indices (topk, randk) lose their savings, and per-client scales or factors (qsgd, "
+            "sign, powersgd) do not add up in the ring; the ring encoding (bits=) is the "
+            f"quantizer. Composable: {SECAGG_COMPRESSORS}"
+        )
+    if compression is not None and compression.hparams.get("error_feedback"):
+        raise ValueError("error feedback is not needed with selective sharing; set it off")
+    inner = None
+    if dp_plan is not None and dp_plan.privacy.level == "client":
+        inner = algorithm.aggregator  # the DP aggregator: its clipped sum becomes secure
+    n = np.asarray(data.train.num_examples)
+    bound = float(n.max()) if algorithm.weighting == "num_examples" else 1.0
+    return algorithm._replace(aggregator=secure_aggregator(secagg, bound, inner))
+
+
+SECAGG_COMPRESSORS = ("selective",)
+
+
 def _tree_bytes(tree) -> int:
     """Bytes of a dense encoding of arrays or shape structs."""
     return int(sum(math.prod(a.shape) * np.dtype(a.dtype).itemsize for a in jax.tree.leaves(tree)))
@@ -574,6 +618,7 @@ def simulate(
     compression: Any | None = None,
     downlink: Any | None = None,
     privacy: Privacy | None = None,
+    secure_aggregation: SecAgg | None = None,
     checkpoint_dir: str | None = None,
     resume: bool = False,
     devices: Sequence[jax.Device] | None = None,
@@ -620,6 +665,14 @@ def simulate(
             cap), local DP (a client transform before any compression) or record-level DP-SGD
             in the local steps. Every history entry then carries ``epsilon`` and ``privacy``
             (level, accountant, neighbouring relation, delta, noise multiplier, clip norm).
+        secure_aggregation: a :class:`fljax.privacy.SecAgg` (``fljax.privacy.get("secagg")``
+            or ``"secagg_plus"``): the server's sum becomes a simulated secure sum in
+            ``Z_(2^b)`` (exact decoded sum of the fixed-point updates; stragglers dropped under
+            ``straggler_policy="drop"`` are the protocol's dropouts, their masks recovered).
+            Composes with client-level DP (the clipped updates are summed securely, the server
+            adds the noise) and local DP; ``bytes_up`` then counts the protocol's messages and
+            each history entry carries ``secagg`` (running totals of PRG expansions, recovered
+            masks, recovery messages, dropouts).
         checkpoint_dir: save the full state (orbax) and the history at every evaluation
             there, replacing the previous checkpoint.
         resume: continue from the checkpoint in ``checkpoint_dir`` if there is one: the
@@ -675,6 +728,8 @@ def simulate(
     dp_plan = None
     if privacy is not None:
         algorithm, dp_plan = _with_privacy(privacy, algorithm, data, clients_per_round, rounds)
+    if secure_aggregation is not None:
+        algorithm = _with_secagg(secure_aggregation, algorithm, data, compression, dp_plan)
     if compression is not None:  # after the algorithm's (and local DP's) client transform
         algorithm = algorithm._replace(
             client_transform=chain(algorithm.client_transform, compression.transform)
@@ -753,6 +808,15 @@ def simulate(
     # Bytes on the wire per client and round (dense float32 encoding of every message).
     model_bytes = param_bytes(params)
     broadcast_round = 0  # downlink bytes per round sent to every client (downlink compression)
+    secagg_bytes = None
+    if secure_aggregation is not None:
+        sent = num_params(params)  # selective sharing masks only the shared leaves
+        if compression is not None:
+            sent = compression.bits(params) // 32
+        secagg_bytes = message_bytes(secure_aggregation, sent, width)
+    secagg_totals = dict.fromkeys(
+        ("prg_client", "prg_server", "recovered_pairs", "recovery_messages", "dropped"), 0
+    )
     if mode == "federated":
         delta_bytes = model_bytes
         if compression is not None:
@@ -797,6 +861,14 @@ def simulate(
         }
         if compression is not None:
             entry["compression_ratio"] = 8 * model_bytes / compression.bits(params)
+        if secure_aggregation is not None:
+            entry["secagg"] = {
+                "protocol": secure_aggregation.name,
+                "bits": secure_aggregation.bits,
+                "degree": graph_degree(secure_aggregation, width),
+                **secagg_totals,
+                "bytes_per_client": secagg_bytes,
+            }
         if dp_plan is not None:
             counts = np.array([round_idx]) if mode == "centralized" else participation
             clip = None
@@ -884,7 +956,18 @@ def simulate(
             num_steps.append(np.asarray(metrics.num_steps))
             if mode != "centralized":
                 np.add.at(participation, ids[took_part], 1)
-            totals["up"] += int(took_part.sum()) * up_each
+            if secure_aggregation is None:
+                totals["up"] += int(took_part.sum()) * up_each
+            else:  # every selected client keys and shares; survivors send the masked vector
+                st = jax.device_get(metrics.aggregator_stats)
+                for name in secagg_totals:
+                    secagg_totals[name] += int(np.sum(st._asdict()[name]))
+                b = secagg_bytes
+                totals["up"] += (
+                    int(ids.size) * (b["advertise_keys"] + b["share_keys"])
+                    + int(np.sum(st.survivors)) * b["masked_input"]
+                    + int(np.sum(st.recovery_messages)) * SHARE_BYTES
+                )
             totals["down"] += int(np.sum(metrics.sampled)) * down_each + length * broadcast_round
             entry = record(end, state, metrics.train_loss)
             checkpoint(end)

@@ -1,5 +1,6 @@
 """Differential privacy (client-level, local, record-level DP-SGD), accounting with
-``dp-accounting``, and leakage attacks (membership inference, gradient inversion)."""
+``dp-accounting``, secure aggregation (SecAgg / SecAgg+, simulated), and leakage attacks
+(membership inference, gradient inversion)."""
 
 from fljax.privacy._accounting import ACCOUNTANTS as ACCOUNTANTS
 from fljax.privacy._accounting import calibrate_noise_multiplier as calibrate_noise_multiplier
@@ -25,3 +26,14 @@ from fljax.privacy._mechanisms import get as get
 from fljax.privacy._mechanisms import local_gaussian as local_gaussian
 from fljax.privacy._mechanisms import names as names
 from fljax.privacy._mechanisms import plan as plan
+from fljax.privacy._secagg import SecAgg as SecAgg
+from fljax.privacy._secagg import SecAggStats as SecAggStats
+from fljax.privacy._secagg import decode as decode
+from fljax.privacy._secagg import encode as encode
+from fljax.privacy._secagg import graph_degree as graph_degree
+from fljax.privacy._secagg import message_bytes as message_bytes
+from fljax.privacy._secagg import neighbours as neighbours
+from fljax.privacy._secagg import ring_levels as ring_levels
+from fljax.privacy._secagg import secure_aggregator as secure_aggregator
+from fljax.privacy._secagg import secure_ring_sum as secure_ring_sum
+from fljax.privacy._secagg import secure_sum as secure_sum

@@ -26,6 +26,7 @@ import numpy as np
 from fljax._base import EmptyState, Transform, lookup
 from fljax.client import DPSGD, clip_by_norm, gaussian_noise_like
 from fljax.privacy import _accounting as acc
+from fljax.privacy._secagg import SecAgg, secagg, secagg_plus
 
 LEVELS = ("client", "local", "record")
 
@@ -197,6 +198,8 @@ _REGISTRY = {
     "adaptive_dp": adaptive_dp,
     "local_dp": local_dp,
     "dp_sgd": dp_sgd,
+    "secagg": secagg,
+    "secagg_plus": secagg_plus,
 }
 
 
@@ -205,8 +208,10 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get(name: str, **kwargs) -> Privacy:
-    """Builds the privacy mechanism ``name`` (see :func:`names`) with ``kwargs``.
+def get(name: str, **kwargs) -> Privacy | SecAgg:
+    """Builds the privacy mechanism ``name`` (see :func:`names`) with ``kwargs``: a
+    :class:`Privacy` (``simulate(privacy=...)``) or, for ``secagg`` / ``secagg_plus``, a
+    :class:`fljax.privacy.SecAgg` (``simulate(secure_aggregation=...)``).
 
     Examples:
         >>> p = get("central_dp", clip_norm=0.5, noise_multiplier=1.1, delta=1e-5)
@@ -243,7 +248,8 @@ def gaussian_sum_aggregator(
     :math:`\tilde b = (\sum_k 1[\|\Delta_k\| \le C] + \mathcal N(0, \sigma_b^2)) / m`, and the
     update noise uses :math:`z_\Delta = (z^{-2} - (2\sigma_b)^{-2})^{-1/2}`, so that the pair
     of releases is exactly as private as one Gaussian mechanism with multiplier ``z``
-    (their Theorem 1).
+    (their Theorem 1). ``update(..., sum_fn=f)`` replaces the plain sum of the clipped rows
+    with ``f(rows, included, key)`` (secure aggregation).
     """
     m = float(expected_clients)
     z_delta, sigma_b = noise_multiplier, None
@@ -257,14 +263,17 @@ def gaussian_sum_aggregator(
             return EmptyState()
         return AdaptiveClipState(jnp.asarray(clip_norm, jnp.float32))
 
-    def update(updates, state, params=None, *, key=None, weights=None, **extra):
+    def update(updates, state, params=None, *, key=None, weights=None, sum_fn=None, **extra):
         del params, extra
         if weights is None or key is None:
             raise ValueError("the DP aggregator needs weights[K] and a key")
         c = clip_norm if adaptive is None else state.clip_norm
         included = (weights > 0).astype(jnp.float32)
         clipped, norms = jax.vmap(lambda d: clip_by_norm(d, c))(updates)
-        total = jax.tree.map(lambda d: jnp.tensordot(included, d, axes=1), clipped)
+        if sum_fn is None:
+            total = jax.tree.map(lambda d: jnp.tensordot(included, d, axes=1), clipped)
+        else:  # e.g. secure aggregation: clients clip, the server only sees the sum
+            total = sum_fn(clipped, weights > 0, jax.random.fold_in(key, 2))
         k_noise, k_count = jax.random.split(key)
         noise = gaussian_noise_like(k_noise, total, z_delta * c)
         out = jax.tree.map(lambda t, e: (t + e) / m, total, noise)
