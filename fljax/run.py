@@ -1,7 +1,7 @@
 """``fljax-run`` / ``python -m fljax.run``: the Hydra entry point.
 
 Composes ``conf/`` (groups ``dataset``, ``model``, ``algorithm``, ``compression``,
-``privacy``), runs :func:`fljax.simulate`
+``privacy``, ``secagg``), runs :func:`fljax.simulate`
 and writes the run folder: ``.hydra/`` (composed config), ``metrics.jsonl`` (appended at every
 evaluation), ``summary.json`` and ``checkpoint/`` (final params, orbax).
 """
@@ -89,9 +89,11 @@ def run(cfg: DictConfig, run_dir: str | Path) -> SimulationResult:
         compression = instantiate(cfg.compression, _convert_="all")
     if cfg.get("downlink") is not None:
         downlink = instantiate(cfg.downlink, _convert_="all")
-    privacy = None
+    privacy = secagg = None
     if cfg.get("privacy") is not None:
         privacy = instantiate(cfg.privacy, _convert_="all")
+    if cfg.get("secagg") is not None:
+        secagg = instantiate(cfg.secagg, _convert_="all")
     resume = bool(cfg.get("resume", False))
     state_dir = run_dir / RESUME_DIR if cfg.get("save_state", True) or resume else None
     keep_until = None
@@ -112,6 +114,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> SimulationResult:
         "compression": None if compression is None else compression.name,
         "downlink": None if downlink is None else downlink.name,
         "privacy": None if privacy is None else privacy.hparams | {"name": privacy.name},
+        "secagg": None if secagg is None else secagg.hparams | {"name": secagg.name},
         "hparams": algorithm.hparams,
         "seed": int(cfg.seed),
         "rounds": int(cfg.rounds),
@@ -131,6 +134,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> SimulationResult:
             compression=compression,
             downlink=downlink,
             privacy=privacy,
+            secure_aggregation=secagg,
             checkpoint_dir=None if state_dir is None else str(state_dir),
             resume=resume,
             callbacks=[writer, *loggers],
@@ -168,6 +172,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> SimulationResult:
         bytes_down=final["bytes_down"],
         objective={"name": objective, "value": final["metrics"][objective]},
     )
+    if "secagg" in final:
+        summary["secagg_costs"] = final["secagg"]
     if "privacy" in final:
         summary["epsilon"] = final["epsilon"]
         summary["privacy_spent"] = final["privacy"]

@@ -13,7 +13,7 @@ import fljax
 from fljax.run import CONF_DIR, run
 from tests.cli import fljax_run
 
-GROUPS = ("dataset", "model", "algorithm", "compression", "privacy")
+GROUPS = ("dataset", "model", "algorithm", "compression", "privacy", "secagg")
 FAST = ["rounds=4", "eval_every=2", "clients_per_round=3", "progress=false"]
 
 
@@ -52,6 +52,8 @@ def test_every_config_composes_and_instantiates(group, choice, shared_data):
         assert isinstance(instantiate(cfg.algorithm, _convert_="all"), fljax.algorithms.Algorithm)
     elif group == "privacy":
         assert isinstance(instantiate(cfg.privacy, _convert_="all"), fljax.privacy.Privacy)
+    elif group == "secagg":
+        assert isinstance(instantiate(cfg.secagg, _convert_="all"), fljax.privacy.SecAgg)
     else:
         assert isinstance(instantiate(cfg.compression, _convert_="all"), fljax.compress.Compressor)
 
@@ -88,6 +90,13 @@ def test_cli_privacy_group_writes_epsilon(tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [x["epsilon"] for x in lines] == [e["epsilon"] for e in result.history]
     assert lines[-1]["privacy"]["relation"] == "add_remove"
+
+
+def test_cli_secagg_group_reports_protocol_costs(tmp_path):
+    run(_compose([*FAST, "model=logistic", "secagg=secagg_plus", "secagg.degree=2"]), tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["secagg"]["name"] == "secagg_plus"
+    assert summary["secagg_costs"]["prg_client"] == 4 * 3 * 3  # 4 rounds, 3 clients, k + 1
 
 
 @pytest.mark.parametrize(
