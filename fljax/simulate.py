@@ -536,14 +536,9 @@ def _with_privacy(privacy, algorithm, data, clients_per_round, rounds):
                 "couples the records of a batch"
             )
     spec = _train_spec(data, algorithm)
-    local_plan = plan_local_work(
-        spec.num_examples,
-        spec.x.shape[1],
-        local_epochs=algorithm.local_epochs,
-        local_steps=algorithm.local_steps,
-        batch_size=algorithm.batch_size,
+    steps = np.asarray(
+        num_local_steps(jnp.asarray(spec.num_examples), _local_plan(algorithm, spec))
     )
-    steps = np.asarray(num_local_steps(jnp.asarray(spec.num_examples), local_plan))
     if isinstance(algorithm.local_steps, tuple):
         steps = np.asarray(algorithm.local_steps)
     num_units = spec.x.shape[0]
@@ -1000,15 +995,19 @@ def _stack_rounds(blocks: list, k: int, dtype) -> np.ndarray:
     return np.concatenate([np.asarray(b, dtype).reshape(-1, k) for b in blocks], axis=0)
 
 
-def _client_update_for(algorithm: Algorithm, model: Model, data: FederatedData, spec, privacy=None):
-    """The static local plan and ONE client's update function for ``algorithm`` on ``spec``."""
-    plan = plan_local_work(
+def _local_plan(algorithm: Algorithm, spec: ClientData):
+    return plan_local_work(
         spec.num_examples,
         spec.x.shape[1],
         local_epochs=algorithm.local_epochs,
         local_steps=algorithm.local_steps,
         batch_size=algorithm.batch_size,
     )
+
+
+def _client_update_for(algorithm: Algorithm, model: Model, data: FederatedData, spec, privacy=None):
+    """The static local plan and ONE client's update function for ``algorithm`` on ``spec``."""
+    plan = _local_plan(algorithm, spec)
     update = make_client_update(
         model,
         data.task,

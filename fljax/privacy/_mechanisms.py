@@ -159,6 +159,16 @@ def adaptive_dp(
     )
 
 
+def _simple(name, level, clip_norm, noise_multiplier, target_epsilon, delta, accountant):
+    _check(clip_norm, noise_multiplier, target_epsilon, delta, "poisson", accountant)
+    hp = dict(clip_norm=clip_norm, noise_multiplier=noise_multiplier, delta=delta)
+    hp.update(target_epsilon=target_epsilon, accountant=accountant)
+    return Privacy(
+        name, level, float(clip_norm), noise_multiplier, target_epsilon, float(delta),
+        accountant=accountant, hparams=hp,
+    )  # fmt: skip
+
+
 def local_dp(
     clip_norm: float = 1.0,
     noise_multiplier: float | None = None,
@@ -167,13 +177,8 @@ def local_dp(
     accountant: str = "rdp",
 ) -> Privacy:
     """Local DP: every client clips its update to ``C`` and adds ``N(0, (z C)^2)`` itself."""
-    _check(clip_norm, noise_multiplier, target_epsilon, delta, "poisson", accountant)
-    hp = dict(clip_norm=clip_norm, noise_multiplier=noise_multiplier, delta=delta)
-    hp.update(target_epsilon=target_epsilon, accountant=accountant)
-    return Privacy(
-        "local_dp", "local", float(clip_norm), noise_multiplier, target_epsilon, float(delta),
-        accountant=accountant, hparams=hp,
-    )  # fmt: skip
+    return _simple("local_dp", "local", clip_norm, noise_multiplier, target_epsilon, delta,
+                   accountant)  # fmt: skip
 
 
 def dp_sgd(
@@ -184,13 +189,8 @@ def dp_sgd(
     accountant: str = "rdp",
 ) -> Privacy:
     """Sample-level DP-SGD in every client (Abadi et al. 2016), accounted per client."""
-    _check(clip_norm, noise_multiplier, target_epsilon, delta, "poisson", accountant)
-    hp = dict(clip_norm=clip_norm, noise_multiplier=noise_multiplier, delta=delta)
-    hp.update(target_epsilon=target_epsilon, accountant=accountant)
-    return Privacy(
-        "dp_sgd", "record", float(clip_norm), noise_multiplier, target_epsilon, float(delta),
-        accountant=accountant, hparams=hp,
-    )  # fmt: skip
+    return _simple("dp_sgd", "record", clip_norm, noise_multiplier, target_epsilon, delta,
+                   accountant)  # fmt: skip
 
 
 _REGISTRY = {
