@@ -592,6 +592,11 @@ def _with_secagg(secagg, algorithm, data, compression, dp_plan):
 SECAGG_COMPRESSORS = ("selective",)
 
 
+def _adaptive_clip_norm(aggregator_state):
+    """The current clip norm of adaptive clipping, also when wrapped by secure aggregation."""
+    return getattr(aggregator_state, "inner", aggregator_state).clip_norm
+
+
 def _tree_bytes(tree) -> int:
     """Bytes of a dense encoding of arrays or shape structs."""
     return int(sum(math.prod(a.shape) * np.dtype(a.dtype).itemsize for a in jax.tree.leaves(tree)))
@@ -868,7 +873,7 @@ def simulate(
             counts = np.array([round_idx]) if mode == "centralized" else participation
             clip = None
             if dp_plan.privacy.adaptive is not None:
-                clip = float(jax.device_get(st.aggregator_state.clip_norm))
+                clip = float(jax.device_get(_adaptive_clip_norm(st.aggregator_state)))
             entry["privacy"] = dp_plan.report(round_idx, counts, clip)
             entry["epsilon"] = entry["privacy"]["epsilon"]
         history.append(entry)

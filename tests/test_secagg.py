@@ -167,6 +167,9 @@ def test_secure_aggregation_composes_with_dp_and_refuses_sparsifiers(breast_canc
             fljax.models.get("logistic", num_classes=2), fed, rounds=1, clients_per_round=4,
             secure_aggregation=P.get("secagg"),
         )  # fmt: skip
+    adaptive = P.get("adaptive_dp", clip_norm=0.5, noise_multiplier=0.5, count_noise=1.0)
+    result = _run(fed, P.get("secagg"), privacy=adaptive, weighting="uniform")
+    assert result.history[-1]["privacy"]["clip_norm"] != 0.5  # the clip norm adapted
     shared = fljax.compress.get("selective", shared="Dense_0/bias")
     result = _run(fed, P.get("secagg"), compression=shared)
     assert result.history[-1]["secagg"]["bytes_per_client"]["masked_input"] == (2 + 1) * 4
