@@ -25,7 +25,7 @@ lint: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2  # two workers: compilation is single-threaded
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py

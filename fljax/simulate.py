@@ -900,6 +900,7 @@ def simulate(
                 "contributed": [a.tolist() for a in contributed],
                 "num_steps": [a.tolist() for a in num_steps],
                 "totals": totals,
+                "secagg_totals": secagg_totals,
             },
         )
 
@@ -928,6 +929,7 @@ def simulate(
             contributed.extend(np.asarray(a, bool) for a in progress["contributed"])
             num_steps.extend(np.asarray(a, np.int32) for a in progress["num_steps"])
             totals.update(progress["totals"])
+            secagg_totals.update(progress.get("secagg_totals", {}))
             participation[:] = history[-1]["client_metrics"]["participation"]
             if bar is not None:
                 bar.update(start)

@@ -15,12 +15,20 @@ class Crash(RuntimeError):
     pass
 
 
-@pytest.mark.parametrize("name", ["scaffold", "cyclic"])  # client/server state; a key in state
+@pytest.mark.parametrize("name", ["scaffold", "cyclic", "fedavg"])
 def test_simulate_resumes_bit_identically(tmp_path, breast_cancer_fed, name):
+    """SCAFFOLD: client and server state; cyclic: a key in the state; FedAvg with adaptive
+    DP-FedAvg, Poisson sampling, SecAgg+ and dropouts: clip norm, epsilon and protocol counts."""
     model = fljax.models.get("mlp", num_classes=2, hidden=(8,))
     kw = dict(shuffle=True) if name == "cyclic" else {}
     algo = fljax.algorithms.get(name, client_lr=0.05, local_epochs=1, batch_size=16, **kw)
     args = dict(rounds=8, clients_per_round=4, seed=3, eval_every=2)
+    if name == "fedavg":
+        args.update(
+            privacy=fljax.privacy.get("adaptive_dp", noise_multiplier=0.5, count_noise=1.0),
+            secure_aggregation=fljax.privacy.get("secagg_plus", degree=2),
+            stragglers=0.25,
+        )
     full = fljax.simulate(algo, model, breast_cancer_fed, **args)
 
     def crash_at_round_6(entry):
