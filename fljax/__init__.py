@@ -8,6 +8,7 @@ from fljax import data as data
 from fljax import metrics as metrics
 from fljax import models as models
 from fljax import privacy as privacy
+from fljax import system as system
 from fljax._base import EmptyState as EmptyState
 from fljax._base import Transform as Transform
 from fljax._base import chain as chain
@@ -44,4 +45,5 @@ __all__ = [
     "set_host_device_count",
     "simulate",
     "stateless",
+    "system",
 ]

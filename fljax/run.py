@@ -1,7 +1,7 @@
 """``fljax-run`` / ``python -m fljax.run``: the Hydra entry point.
 
 Composes ``conf/`` (groups ``dataset``, ``model``, ``algorithm``, ``compression``,
-``privacy``, ``secagg``), runs :func:`fljax.simulate`
+``privacy``, ``secagg``, ``system``), runs :func:`fljax.simulate`
 and writes the run folder: ``.hydra/`` (composed config), ``metrics.jsonl`` (appended at every
 evaluation), ``summary.json`` and ``checkpoint/`` (final params, orbax).
 """
@@ -94,6 +94,9 @@ def run(cfg: DictConfig, run_dir: str | Path) -> SimulationResult:
         privacy = instantiate(cfg.privacy, _convert_="all")
     if cfg.get("secagg") is not None:
         secagg = instantiate(cfg.secagg, _convert_="all")
+    system = None
+    if cfg.get("system") is not None:
+        system = instantiate(cfg.system, _convert_="all", num_clients=data.num_clients)
     resume = bool(cfg.get("resume", False))
     state_dir = run_dir / RESUME_DIR if cfg.get("save_state", True) or resume else None
     keep_until = None
@@ -135,6 +138,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> SimulationResult:
             downlink=downlink,
             privacy=privacy,
             secure_aggregation=secagg,
+            system=system,
             checkpoint_dir=None if state_dir is None else str(state_dir),
             resume=resume,
             callbacks=[writer, *loggers],
@@ -172,6 +176,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> SimulationResult:
         bytes_down=final["bytes_down"],
         objective={"name": objective, "value": final["metrics"][objective]},
     )
+    if "sim_time_s" in final:
+        summary["sim_time_s"] = final["sim_time_s"]
     if "secagg" in final:
         summary["secagg_costs"] = final["secagg"]
     if "privacy" in final:

@@ -38,6 +38,7 @@ from fljax.privacy import (
 )
 from fljax.privacy import plan as privacy_plan
 from fljax.privacy._secagg import SHARE_BYTES
+from fljax.system import SystemModel, client_times, steps_within
 
 PyTree = Any
 
@@ -83,6 +84,7 @@ class RoundMetrics(NamedTuple):
     num_steps: jax.Array  # (K,), int32: local steps each selected client took
     sampled: jax.Array  # (K,), bool: the slot holds a sampled client (False: Poisson padding)
     aggregator_stats: Any = ()  # the aggregator's per-round counts (secure aggregation)
+    round_time: Any = ()  # (), float32: simulated seconds of the round (with a system model)
 
 
 @dataclasses.dataclass
@@ -227,6 +229,8 @@ def build_round(
     stragglers: Stragglers | None = None,
     downlink: Any | None = None,
     privacy: PrivacyPlan | None = None,
+    system: SystemModel | None = None,
+    wire_bytes: tuple[float, float] = (0.0, 0.0),
 ) -> Callable[[ServerState, jax.Array, ClientData], tuple[ServerState, RoundMetrics]]:
     """Builds the pure round ``(state, round_key, train) -> (state, RoundMetrics)``.
 
@@ -243,6 +247,42 @@ def build_round(
     if isinstance(algorithm.local_steps, tuple):
         steps_per_client = jnp.asarray(algorithm.local_steps, jnp.int32)
     fold = jax.vmap(jax.random.fold_in, in_axes=(None, 0))
+    if system is not None:
+        prof = jax.tree.map(jnp.asarray, system.profiles)
+        up_bytes, down_bytes = wire_bytes
+
+    def select_available(key, k_select):
+        """Availability draw, then the cohort: ``ids[K]`` and ``valid[K]`` (reachable)."""
+        avail = jax.random.uniform(jax.random.fold_in(key, 7), (num_clients,)) < prof.availability
+        if system.selection == "available":  # K uniformly among the available clients
+            u = jax.random.uniform(k_select, (num_clients,))
+            ids = jnp.argsort(jnp.where(avail, u, 2.0 + u))[:clients_per_round].astype(jnp.int32)
+        else:
+            ids = select_uniform(k_select, num_clients, clients_per_round)
+        return ids, avail[ids]
+
+    def clock(ids, batch, budget, contributed, valid):
+        """Deadline policy and the round's simulated duration (Sec. 'system' of the README)."""
+        n = batch.num_examples
+        per_step = n if plan.full_batch else jnp.minimum(n, plan.batch_size)
+        per_step = per_step.astype(jnp.float32)
+        speed, up, down = prof.speed[ids], prof.uplink[ids], prof.downlink[ids]
+        work = jnp.minimum(num_local_steps(n, plan), budget)
+        if system.deadline is not None:
+            if system.deadline_policy == "partial":
+                fit = steps_within(system.deadline, per_step, speed, up, down, up_bytes,
+                                   down_bytes)  # fmt: skip
+                budget = jnp.minimum(budget, fit)
+                work = jnp.minimum(work, fit)
+                contributed = contributed & (fit > 0)
+            else:
+                t = client_times(work, per_step, speed, up, down, up_bytes, down_bytes)
+                contributed = contributed & (t <= system.deadline)
+        t = client_times(work, per_step, speed, up, down, up_bytes, down_bytes)
+        round_time = jnp.max(jnp.where(valid, t, 0.0))
+        if system.deadline is not None:
+            round_time = jnp.minimum(round_time, system.deadline)
+        return budget, contributed & valid, round_time
 
     def budget_for(ids, key, batch):
         budget = jnp.full((ids.shape[0],), plan.max_steps, jnp.int32)
@@ -273,11 +313,16 @@ def build_round(
         start = state.params if downlink is None else state.broadcast  # what clients hold
         if poisson:
             ids, valid = select_poisson(k_select, num_clients, privacy.rate, cohort)
+        elif system is not None:
+            ids, valid = select_available(key, k_select)
         else:
             ids = select_uniform(k_select, num_clients, clients_per_round)
         batch = gather_clients(train, ids)
         budget, contributed = budget_for(ids, k_straggle, batch)
-        if poisson:
+        round_time = ()
+        if system is not None:
+            budget, contributed, round_time = clock(ids, batch, budget, contributed, valid)
+        elif poisson:
             contributed = contributed & valid
         # Client randomness depends on (round, client id), not on the client's slot.
         client_keys = fold(k_clients, ids)
@@ -315,7 +360,7 @@ def build_round(
             num_steps=out.num_steps,
             num_clients=num_clients,
             client_ids=ids,
-            active=valid if poisson else None,
+            active=valid if (poisson or system is not None) else None,
         )
         pseudo_grad = jax.tree.map(jnp.negative, aggregate)
         updates, opt_state = algorithm.server_optimizer.update(
@@ -351,9 +396,11 @@ def build_round(
         )
         w = jnp.where(contributed, n, 0.0)
         train_loss = jnp.sum(out.train_loss * w) / jnp.maximum(jnp.sum(w), 1.0)
-        sampled = valid if poisson else jnp.ones(ids.shape, bool)
+        sampled = valid if (poisson or system is not None) else jnp.ones(ids.shape, bool)
         stats = getattr(agg_state, "stats", ())
-        metrics = RoundMetrics(train_loss, finite, ids, contributed, out.num_steps, sampled, stats)
+        metrics = RoundMetrics(
+            train_loss, finite, ids, contributed, out.num_steps, sampled, stats, round_time
+        )
         return new_state, metrics
 
     def cyclic(state: ServerState, key: jax.Array, train: ClientData):
@@ -592,6 +639,23 @@ def _with_secagg(secagg, algorithm, data, compression, dp_plan):
 SECAGG_COMPRESSORS = ("selective",)
 
 
+def _check_system(system, algorithm, data, dp_plan):
+    if not isinstance(system, SystemModel):
+        raise ValueError(f"system must be a fljax.system.SystemModel, got {system!r}")
+    if algorithm.mode != "federated":
+        raise ValueError(f"system= needs mode='federated', not {algorithm.mode!r}")
+    if len(system.profiles.speed) != data.num_clients:
+        raise ValueError(
+            f"system profiles describe {len(system.profiles.speed)} clients but the federation "
+            f"has {data.num_clients}"
+        )
+    if dp_plan is not None and dp_plan.poisson_clients:
+        raise ValueError(
+            "system= with Poisson client sampling (client-level DP) is not supported; use "
+            "sampling='fixed'"
+        )
+
+
 def _adaptive_clip_norm(aggregator_state):
     """The current clip norm of adaptive clipping, also when wrapped by secure aggregation."""
     return getattr(aggregator_state, "inner", aggregator_state).clip_norm
@@ -619,6 +683,7 @@ def simulate(
     downlink: Any | None = None,
     privacy: Privacy | None = None,
     secure_aggregation: SecAgg | None = None,
+    system: SystemModel | None = None,
     checkpoint_dir: str | None = None,
     resume: bool = False,
     devices: Sequence[jax.Device] | None = None,
@@ -673,6 +738,11 @@ def simulate(
             adds the noise) and local DP; ``bytes_up`` then counts the protocol's messages and
             each history entry carries ``secagg`` (running totals of PRG expansions, recovered
             masks, recovery messages, dropouts).
+        system: a :class:`fljax.system.SystemModel` (``fljax.system.system(profiles, ...)``):
+            per-client availability each round, a simulated clock (download + local compute +
+            upload from each client's profile and the exact message bytes) and a deadline
+            (late clients dropped, or partial work). History entries then carry
+            ``sim_time_s``, the simulated seconds elapsed.
         checkpoint_dir: save the full state (orbax) and the history at every evaluation
             there, replacing the previous checkpoint.
         resume: continue from the checkpoint in ``checkpoint_dir`` if there is one: the
@@ -734,6 +804,8 @@ def simulate(
         algorithm = algorithm._replace(
             client_transform=chain(algorithm.client_transform, compression.transform)
         )
+    if system is not None:
+        _check_system(system, algorithm, data, dp_plan)
     width = dp_plan.cohort if dp_plan is not None and dp_plan.poisson_clients else None
     width = width or clients_per_round  # the vmapped cohort
     t_start = time.perf_counter()
@@ -796,13 +868,6 @@ def simulate(
             .compile()
         )
         compile_s += time.perf_counter() - t0
-    run_block = jax.jit(
-        build_block(
-            build_round(
-                algorithm, model, data, clients_per_round, mesh, straggle, downlink, dp_plan
-            )
-        )
-    )
     compiled_blocks: dict[int, Any] = {}
 
     # Bytes on the wire per client and round (dense float32 encoding of every message).
@@ -832,11 +897,22 @@ def simulate(
         up_each = down_each = model_bytes
     else:  # centralized and local training send nothing
         up_each = down_each = 0
+    wire = (float(up_each), float(down_each))
+    if secagg_bytes is not None:
+        wire = (float(sum(v for k, v in secagg_bytes.items() if k != "unmasking_max")), wire[1])
+    run_block = jax.jit(
+        build_block(
+            build_round(
+                algorithm, model, data, clients_per_round, mesh, straggle, downlink, dp_plan,
+                system, wire,
+            )
+        )
+    )  # fmt: skip
     test_counts = np.asarray(data.test.num_examples)
     participation = np.zeros(data.num_clients, np.int64)
     history: list[dict] = []
     selected, contributed, num_steps = [], [], []
-    totals = {"up": 0, "down": 0}
+    totals = {"up": 0, "down": 0, "sim_time": 0.0}
 
     def record(round_idx: int, st, train_losses) -> dict:
         metrics, client_metrics = {}, {}
@@ -861,6 +937,8 @@ def simulate(
         }
         if compression is not None:
             entry["compression_ratio"] = 8 * model_bytes / compression.bits(params)
+        if system is not None:
+            entry["sim_time_s"] = float(totals["sim_time"])
         if secure_aggregation is not None:
             entry["secagg"] = {
                 "protocol": secure_aggregation.name,
@@ -971,6 +1049,8 @@ def simulate(
                     + int(np.sum(st.recovery_messages)) * SHARE_BYTES
                 )
             totals["down"] += int(np.sum(metrics.sampled)) * down_each + length * broadcast_round
+            if system is not None:
+                totals["sim_time"] += float(np.sum(np.asarray(metrics.round_time, np.float64)))
             entry = record(end, state, metrics.train_loss)
             checkpoint(end)
             if bar is not None:

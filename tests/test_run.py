@@ -13,7 +13,7 @@ import fljax
 from fljax.run import CONF_DIR, run
 from tests.cli import fljax_run
 
-GROUPS = ("dataset", "model", "algorithm", "compression", "privacy", "secagg")
+GROUPS = ("dataset", "model", "algorithm", "compression", "privacy", "secagg", "system")
 FAST = ["rounds=4", "eval_every=2", "clients_per_round=3", "progress=false"]
 
 
@@ -54,6 +54,9 @@ def test_every_config_composes_and_instantiates(group, choice, shared_data):
         assert isinstance(instantiate(cfg.privacy, _convert_="all"), fljax.privacy.Privacy)
     elif group == "secagg":
         assert isinstance(instantiate(cfg.secagg, _convert_="all"), fljax.privacy.SecAgg)
+    elif group == "system":
+        built = instantiate(cfg.system, _convert_="all", num_clients=5)
+        assert isinstance(built, fljax.system.SystemModel)
     else:
         assert isinstance(instantiate(cfg.compression, _convert_="all"), fljax.compress.Compressor)
 
@@ -90,6 +93,12 @@ def test_cli_privacy_group_writes_epsilon(tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [x["epsilon"] for x in lines] == [e["epsilon"] for e in result.history]
     assert lines[-1]["privacy"]["relation"] == "add_remove"
+
+
+def test_cli_system_group_reports_simulated_time(tmp_path):
+    run(_compose([*FAST, "model=logistic", "system=hospital", "system.deadline=0.05"]), tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert 0 < summary["sim_time_s"] <= 4 * 0.05 + 1e-6  # 4 rounds, each at most the deadline
 
 
 def test_cli_secagg_group_reports_protocol_costs(tmp_path):

@@ -1,0 +1,175 @@
+"""System heterogeneity: per-client device profiles, a simulated clock and deadlines.
+
+A client's time in a synchronous round is
+
+    t_i = down_bytes / downlink_i + examples_i / speed_i + up_bytes / uplink_i
+
+(download the model, train on ``examples_i = steps_i * min(B, n_i)`` examples, upload the
+update; bytes from the engine's exact message sizes, compression included). The round lasts
+until the slowest contributing client is done, or until the deadline when one is set. Each
+round every client is available with its own probability; an unavailable selected client
+contributes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+DEADLINE_POLICIES = ("drop", "partial")
+SELECTIONS = ("uniform", "available")
+
+
+class DeviceProfiles(NamedTuple):
+    """Per-client device characteristics, arrays ``[C]`` (float32).
+
+    Attributes:
+        speed: training throughput, examples per second.
+        uplink: upload bandwidth, bytes per second.
+        downlink: download bandwidth, bytes per second.
+        availability: probability that the client is reachable in a given round.
+    """
+
+    speed: np.ndarray
+    uplink: np.ndarray
+    downlink: np.ndarray
+    availability: np.ndarray
+
+
+def profiles(
+    num_clients: int,
+    kind: str = "hospital",
+    seed: int = 0,
+    speed: float = 1_000.0,
+    uplink: float = 1e6,
+    downlink: float = 1e7,
+    availability: float = 1.0,
+    sigma: float = 1.0,
+) -> DeviceProfiles:
+    """Samples device profiles for ``num_clients`` clients from one seed.
+
+    - ``"uniform"``: every client has exactly ``speed``, ``uplink``, ``downlink`` and
+      ``availability``.
+    - ``"hospital"``: a skewed federation: speed and both bandwidths are the given medians times
+      independent ``LogNormal(0, sigma^2)`` factors (a few sites are an order of magnitude
+      slower, as with a hospital behind a slow VPN or on shared CPUs); availability per client
+      is ``Beta(a, 1)`` scaled so that its mean is ``availability`` (``1.0``: always there).
+    """
+    if num_clients < 1:
+        raise ValueError(f"num_clients must be >= 1, got {num_clients}")
+    for name, v in (("speed", speed), ("uplink", uplink), ("downlink", downlink)):
+        if not (v > 0 and math.isfinite(v)):
+            raise ValueError(f"{name} must be a finite number > 0, got {v}")
+    if not 0 < availability <= 1:
+        raise ValueError(f"availability must be in (0, 1], got {availability}")
+    ones = np.ones(num_clients, np.float32)
+    if kind == "uniform":
+        return DeviceProfiles(speed * ones, uplink * ones, downlink * ones, availability * ones)
+    if kind != "hospital":
+        raise ValueError(f"kind={kind!r} is not one of ('uniform', 'hospital')")
+    if sigma < 0:
+        raise ValueError(f"sigma must be >= 0, got {sigma}")
+    rng = np.random.default_rng(seed)
+    factor = lambda: np.exp(rng.normal(0.0, sigma, num_clients)).astype(np.float32)  # noqa: E731
+    avail = ones
+    if availability < 1:
+        a = availability / (1 - availability)  # Beta(a, 1) has mean a / (a + 1)
+        avail = rng.beta(a, 1.0, num_clients).astype(np.float32)
+    return DeviceProfiles(speed * factor(), uplink * factor(), downlink * factor(), avail)
+
+
+class SystemModel(NamedTuple):
+    """How clients' devices shape a synchronous round (``simulate(system=...)``).
+
+    Attributes:
+        profiles: :class:`DeviceProfiles` with one entry per client.
+        deadline: seconds the server waits for updates (``None``: for the slowest).
+        deadline_policy: ``"drop"`` (late updates are discarded) or ``"partial"`` (a client
+            runs the local steps that fit before the deadline; none fit: it sends nothing).
+        selection: ``"uniform"`` (K clients uniformly; unavailable ones drop out) or
+            ``"available"`` (K clients uniformly among those available this round; fewer
+            when fewer are available).
+    """
+
+    profiles: DeviceProfiles
+    deadline: float | None = None
+    deadline_policy: str = "drop"
+    selection: str = "uniform"
+
+
+def system(
+    profiles: DeviceProfiles,
+    deadline: float | None = None,
+    deadline_policy: str = "drop",
+    selection: str = "uniform",
+) -> SystemModel:
+    """Builds a :class:`SystemModel`, checking every field."""
+    if not isinstance(profiles, DeviceProfiles):
+        raise ValueError(f"profiles must be DeviceProfiles, got {type(profiles).__name__}")
+    if deadline is not None and not (deadline > 0 and math.isfinite(deadline)):
+        raise ValueError(f"deadline must be a finite number of seconds > 0, got {deadline}")
+    if deadline_policy not in DEADLINE_POLICIES:
+        raise ValueError(f"deadline_policy={deadline_policy!r} is not one of {DEADLINE_POLICIES}")
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection={selection!r} is not one of {SELECTIONS}")
+    sizes = {len(np.asarray(a)) for a in profiles}
+    if len(sizes) != 1:
+        raise ValueError(f"profile arrays differ in length: {sorted(sizes)}")
+    p = DeviceProfiles(*(np.asarray(a, np.float32) for a in profiles))
+    if np.any(p.speed <= 0) or np.any(p.uplink <= 0) or np.any(p.downlink <= 0):
+        raise ValueError("profile speeds and bandwidths must all be > 0")
+    if np.any(p.availability <= 0) or np.any(p.availability > 1):
+        raise ValueError("profile availabilities must all be in (0, 1]")
+    return SystemModel(p, deadline, deadline_policy, selection)
+
+
+def client_times(
+    steps: jax.Array,
+    examples_per_step: jax.Array,
+    speed: jax.Array,
+    uplink: jax.Array,
+    downlink: jax.Array,
+    up_bytes: float,
+    down_bytes: float,
+) -> jax.Array:
+    """``down_bytes / downlink + steps * examples_per_step / speed + up_bytes / uplink``."""
+    compute = steps.astype(jnp.float32) * examples_per_step / speed
+    return down_bytes / downlink + compute + up_bytes / uplink
+
+
+def steps_within(
+    deadline: float,
+    examples_per_step: jax.Array,
+    speed: jax.Array,
+    uplink: jax.Array,
+    downlink: jax.Array,
+    up_bytes: float,
+    down_bytes: float,
+) -> jax.Array:
+    """The most local steps a client can take and still deliver before ``deadline`` (>= 0)."""
+    room = deadline - down_bytes / downlink - up_bytes / uplink
+    per_step = examples_per_step / speed
+    return jnp.maximum(jnp.floor(room / per_step), 0.0).astype(jnp.int32)
+
+
+def build(
+    num_clients: int,
+    kind: str = "hospital",
+    seed: int = 0,
+    speed: float = 1_000.0,
+    uplink: float = 1e6,
+    downlink: float = 1e7,
+    availability: float = 1.0,
+    sigma: float = 1.0,
+    deadline: float | None = None,
+    deadline_policy: str = "drop",
+    selection: str = "uniform",
+) -> SystemModel:
+    """:func:`profiles` and :func:`system` in one call (what ``conf/system/*.yaml`` target;
+    ``fljax-run`` passes the federation's ``num_clients``)."""
+    p = profiles(num_clients, kind, seed, speed, uplink, downlink, availability, sigma)
+    return system(p, deadline, deadline_policy, selection)

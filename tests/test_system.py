@@ -1,0 +1,95 @@
+"""System heterogeneity: the simulated clock against a hand computation, deadlines,
+availability, and the identity with plain FedAvg."""
+
+import jax
+import numpy as np
+import pytest
+
+import fljax
+from fljax.models import param_bytes
+from fljax.system import DeviceProfiles, profiles, system
+
+
+def _three_clients():
+    rng = np.random.default_rng(0)
+    sizes = (10, 20, 40)
+    xs = [rng.normal(size=(s, 3)).astype(np.float32) for s in sizes]
+    ys = [rng.integers(0, 2, s) for s in sizes]
+    return fljax.data.from_client_arrays(xs, ys, xs, ys, num_classes=2)
+
+
+MODEL = fljax.models.get("logistic", num_classes=2)
+ALGO = fljax.algorithms.get("fedavg", client_lr=0.1, local_epochs=1, batch_size=8)
+PROFILES = DeviceProfiles(
+    speed=np.array([80.0, 40.0, 160.0]),
+    uplink=np.array([1000.0, 500.0, 2000.0]),
+    downlink=np.array([4000.0, 1000.0, 8000.0]),
+    availability=np.ones(3),
+)
+
+
+def _run(fed, sys_model, rounds=1, k=3, **kw):
+    return fljax.simulate(ALGO, MODEL, fed, rounds=rounds, clients_per_round=k, seed=0,
+                          eval_every=1, system=sys_model, **kw)  # fmt: skip
+
+
+def test_clock_matches_a_hand_computation_for_three_clients():
+    fed = _three_clients()
+    result = _run(fed, system(PROFILES))
+    b = param_bytes(result.params)  # FedAvg sends the model down and the delta up: 32 bytes
+    assert b == (3 * 2 + 2) * 4
+    # steps = ceil(n / 8) = 2, 3, 5, each on 8 examples
+    t = [b / 4000 + 2 * 8 / 80 + b / 1000, b / 1000 + 3 * 8 / 40 + b / 500,
+         b / 8000 + 5 * 8 / 160 + b / 2000]  # fmt: skip
+    assert result.history[-1]["sim_time_s"] == pytest.approx(max(t), rel=1e-6)  # client 1: 0.696
+    # A deadline between the two fastest and the slowest drops the slowest, and the round
+    # lasts until the deadline.
+    late = _run(fed, system(PROFILES, deadline=0.4))
+    order = np.asarray(late.selected[0])
+    assert dict(zip(order.tolist(), late.contributed[0].tolist(), strict=True)) == {
+        0: True, 1: False, 2: True
+    }  # fmt: skip
+    assert late.history[-1]["sim_time_s"] == pytest.approx(0.4)
+    # Partial work: client 1 runs the steps that fit: floor((0.4 - b/1000 - b/500) / 0.2) = 1.
+    partial = _run(fed, system(PROFILES, deadline=0.4, deadline_policy="partial"))
+    steps = dict(zip(np.asarray(partial.selected[0]).tolist(),
+                     partial.num_steps[0].tolist(), strict=True))  # fmt: skip
+    assert steps == {0: 2, 1: 1, 2: 5}
+    assert partial.contributed.all()
+
+
+def test_identical_profiles_and_no_deadline_reproduce_plain_fedavg(breast_cancer_fed):
+    fed = breast_cancer_fed
+    plain = _run(fed, None, rounds=4, k=4)
+    timed = _run(fed, system(profiles(fed.num_clients, kind="uniform")), rounds=4, k=4)
+    np.testing.assert_array_equal(plain.selected, timed.selected)
+    for a, b in zip(jax.tree.leaves(plain.params), jax.tree.leaves(timed.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert [e["metrics"] for e in plain.history] == [e["metrics"] for e in timed.history]
+    times = [e["sim_time_s"] for e in timed.history]
+    assert times[0] == 0.0 and all(b > a for a, b in zip(times, times[1:], strict=False))
+
+
+def test_availability_and_availability_aware_selection(breast_cancer_fed):
+    fed = breast_cancer_fed
+    low = profiles(fed.num_clients, kind="uniform", availability=0.3)
+    uniform = _run(fed, system(low), rounds=60, k=2)
+    assert 0.2 < uniform.contributed.mean() < 0.4  # unavailable picks contribute nothing
+    aware = _run(fed, system(low, selection="available"), rounds=60, k=2)
+    assert aware.contributed.mean() > uniform.contributed.mean() + 0.15
+    hospital = profiles(50, kind="hospital", seed=1, availability=0.8)
+    assert 0.65 < hospital.availability.mean() < 0.95
+    assert hospital.speed.max() / hospital.speed.min() > 10  # heavy-tailed speeds
+
+
+def test_bad_system_settings_fail_clearly(breast_cancer_fed):
+    with pytest.raises(ValueError, match="deadline must be"):
+        system(PROFILES, deadline=-1.0)
+    with pytest.raises(ValueError, match="deadline_policy"):
+        system(PROFILES, deadline_policy="wait")
+    with pytest.raises(ValueError, match="selection"):
+        system(PROFILES, selection="fastest")
+    with pytest.raises(ValueError, match="availability"):
+        profiles(3, availability=0.0)
+    with pytest.raises(ValueError, match="describe 3 clients but the federation has 8"):
+        _run(breast_cancer_fed, system(PROFILES))
