@@ -23,7 +23,13 @@ from fljax._base import chain
 from fljax._devices import client_mesh, client_sharding, replicated
 from fljax._io import load_state, save_state
 from fljax.algorithms import Algorithm
-from fljax.client import evaluate_fn, make_client_update, num_local_steps, plan_local_work
+from fljax.client import (
+    batch_loss_fn,
+    evaluate_fn,
+    make_client_update,
+    num_local_steps,
+    plan_local_work,
+)
 from fljax.compress import Compressor
 from fljax.data import ClientData, FederatedData, gather_clients
 from fljax.metrics import HIGHER_IS_BETTER, summarize
@@ -251,15 +257,53 @@ def build_round(
         prof = jax.tree.map(jnp.asarray, system.profiles)
         up_bytes, down_bytes = wire_bytes
 
-    def select_available(key, k_select):
+        # Each client's time for its full local work, for resource-aware selection.
+        n_all = np.asarray(spec.num_examples)
+        per_all = n_all if plan.full_batch else np.minimum(n_all, plan.batch_size)
+        t_all = jnp.asarray(
+            np.asarray(system.profiles.downlink, np.float64) ** -1 * down_bytes
+            + np.asarray(num_local_steps(jnp.asarray(n_all), plan)) * per_all
+            / np.asarray(system.profiles.speed, np.float64)
+            + up_bytes / np.asarray(system.profiles.uplink, np.float64),
+            jnp.float32,
+        )  # fmt: skip
+        log_n = jnp.log(jnp.maximum(jnp.asarray(n_all, jnp.float32), 1e-6))
+        task_loss = batch_loss_fn(data.task, **(data.loss_options or {}))
+
+    def select_available(key, k_select, params, train):
         """Availability draw, then the cohort: ``ids[K]`` and ``valid[K]`` (reachable)."""
         avail = jax.random.uniform(jax.random.fold_in(key, 7), (num_clients,)) < prof.availability
-        if system.selection == "available":  # K uniformly among the available clients
-            u = jax.random.uniform(k_select, (num_clients,))
-            ids = jnp.argsort(jnp.where(avail, u, 2.0 + u))[:clients_per_round].astype(jnp.int32)
-        else:
-            ids = select_uniform(k_select, num_clients, clients_per_round)
-        return ids, avail[ids]
+        u = jax.random.uniform(k_select, (num_clients,))
+        k = clients_per_round
+        rule = system.selection
+        if rule == "uniform":
+            ids = select_uniform(k_select, num_clients, k)
+            return ids, avail[ids]
+        if rule == "available":  # K uniformly among the available clients
+            score = jnp.where(avail, u, 2.0 + u)
+        elif rule == "fastest":  # the K available clients with the shortest round time
+            score = jnp.where(avail, t_all, jnp.inf)
+        elif rule == "feasible":  # K uniformly among available clients that meet the deadline
+            score = jnp.where(avail & (t_all <= system.deadline), u, 2.0 + u)
+        else:  # power_of_choice (Cho et al. 2022): d candidates drawn w.p. ~ n_k without
+            # replacement (Gumbel top-d), then the K with the highest global-model loss
+            gumbel = -jnp.log(-jnp.log(jnp.clip(u, 1e-12, 1.0 - 1e-7)))
+            cand = jnp.argsort(-jnp.where(avail, log_n + gumbel, -jnp.inf))[: system.candidates]
+            batch = gather_clients(train, cand)
+
+            def loss(x, y, n):
+                mask = jnp.arange(x.shape[0]) < n
+                return task_loss(model.apply(params, x, train=False), y, mask)
+
+            losses = jax.vmap(loss)(batch.x, batch.y, batch.num_examples)
+            losses = jnp.where(avail[cand], losses, -jnp.inf)
+            ids = cand[jnp.argsort(-losses)[:k]].astype(jnp.int32)
+            return ids, avail[ids]
+        ids = jnp.argsort(score)[:k].astype(jnp.int32)
+        valid = avail[ids]
+        if rule == "feasible":
+            valid = valid & (t_all[ids] <= system.deadline)
+        return ids, valid
 
     def clock(ids, batch, budget, contributed, valid):
         """Deadline policy and the round's simulated duration (Sec. 'system' of the README)."""
@@ -314,7 +358,7 @@ def build_round(
         if poisson:
             ids, valid = select_poisson(k_select, num_clients, privacy.rate, cohort)
         elif system is not None:
-            ids, valid = select_available(key, k_select)
+            ids, valid = select_available(key, k_select, start, train)
         else:
             ids = select_uniform(k_select, num_clients, clients_per_round)
         batch = gather_clients(train, ids)
@@ -639,7 +683,7 @@ def _with_secagg(secagg, algorithm, data, compression, dp_plan):
 SECAGG_COMPRESSORS = ("selective",)
 
 
-def _check_system(system, algorithm, data, dp_plan):
+def _check_system(system, algorithm, data, dp_plan, clients_per_round):
     if not isinstance(system, SystemModel):
         raise ValueError(f"system must be a fljax.system.SystemModel, got {system!r}")
     if algorithm.mode != "federated":
@@ -653,6 +697,13 @@ def _check_system(system, algorithm, data, dp_plan):
         raise ValueError(
             "system= with Poisson client sampling (client-level DP) is not supported; use "
             "sampling='fixed'"
+        )
+    if system.candidates is not None and not (
+        clients_per_round <= system.candidates <= data.num_clients
+    ):
+        raise ValueError(
+            f"candidates must be in [clients_per_round={clients_per_round}, "
+            f"num_clients={data.num_clients}], got {system.candidates}"
         )
 
 
@@ -805,7 +856,7 @@ def simulate(
             client_transform=chain(algorithm.client_transform, compression.transform)
         )
     if system is not None:
-        _check_system(system, algorithm, data, dp_plan)
+        _check_system(system, algorithm, data, dp_plan, clients_per_round)
     width = dp_plan.cohort if dp_plan is not None and dp_plan.poisson_clients else None
     width = width or clients_per_round  # the vmapped cohort
     t_start = time.perf_counter()

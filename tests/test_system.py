@@ -88,8 +88,33 @@ def test_bad_system_settings_fail_clearly(breast_cancer_fed):
     with pytest.raises(ValueError, match="deadline_policy"):
         system(PROFILES, deadline_policy="wait")
     with pytest.raises(ValueError, match="selection"):
-        system(PROFILES, selection="fastest")
+        system(PROFILES, selection="oort")
     with pytest.raises(ValueError, match="availability"):
         profiles(3, availability=0.0)
     with pytest.raises(ValueError, match="describe 3 clients but the federation has 8"):
         _run(breast_cancer_fed, system(PROFILES))
+
+
+def test_resource_aware_and_power_of_choice_selection():
+    fed = _three_clients()
+    fastest = _run(fed, system(PROFILES, selection="fastest"), k=2)
+    assert sorted(fastest.selected[0].tolist()) == [0, 2]  # times 0.24, 0.696, 0.27 s
+    feasible = _run(fed, system(PROFILES, deadline=0.25, selection="feasible"), k=2)
+    chosen = feasible.selected[0][feasible.contributed[0]].tolist()
+    assert chosen == [0]  # only client 0 finishes within 0.25 s
+    # Power-of-Choice with every client a candidate picks the highest-loss client.
+    rng = np.random.default_rng(1)
+    xs = [rng.normal(size=(12, 3)).astype(np.float32) for _ in range(4)]
+    ys = [np.full(12, c % 2) for c in range(4)]
+    fed4 = fljax.data.from_client_arrays(xs, ys, xs, ys, num_classes=2)
+    p0 = MODEL.init(jax.random.key(0), fed4.sample())
+    loss = fljax.client.batch_loss_fn("classification")
+    losses = [float(loss(MODEL.apply(p0, x), y, np.ones(12, bool))) for x, y in zip(xs, ys,
+              strict=True)]  # fmt: skip
+    uni = profiles(4, kind="uniform")
+    poc = _run(fed4, system(uni, selection="power_of_choice", candidates=4), k=1, params=p0)
+    assert poc.selected[0].tolist() == [int(np.argmax(losses))]
+    with pytest.raises(ValueError, match="candidates must be in"):
+        _run(fed4, system(uni, selection="power_of_choice", candidates=9), k=1)
+    with pytest.raises(ValueError, match="needs a deadline"):
+        system(uni, selection="feasible")

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 DEADLINE_POLICIES = ("drop", "partial")
-SELECTIONS = ("uniform", "available")
+SELECTIONS = ("uniform", "available", "fastest", "feasible", "power_of_choice")
 
 
 class DeviceProfiles(NamedTuple):
@@ -90,15 +90,21 @@ class SystemModel(NamedTuple):
         deadline: seconds the server waits for updates (``None``: for the slowest).
         deadline_policy: ``"drop"`` (late updates are discarded) or ``"partial"`` (a client
             runs the local steps that fit before the deadline; none fit: it sends nothing).
-        selection: ``"uniform"`` (K clients uniformly; unavailable ones drop out) or
-            ``"available"`` (K clients uniformly among those available this round; fewer
-            when fewer are available).
+        selection: ``"uniform"`` (K clients uniformly; unavailable ones drop out),
+            ``"available"`` (K uniformly among those available this round), ``"fastest"``
+            (the K available clients whose full local work takes the least simulated time),
+            ``"feasible"`` (K uniformly among available clients that can finish before the
+            deadline) or ``"power_of_choice"`` (Cho et al. 2022: ``candidates`` available
+            clients drawn with probability proportional to their data size, then the K with
+            the highest loss under the current global model). Fewer than K when fewer qualify.
+        candidates: ``d``, the candidate set of Power-of-Choice (``K <= d <= C``).
     """
 
     profiles: DeviceProfiles
     deadline: float | None = None
     deadline_policy: str = "drop"
     selection: str = "uniform"
+    candidates: int | None = None
 
 
 def system(
@@ -106,6 +112,7 @@ def system(
     deadline: float | None = None,
     deadline_policy: str = "drop",
     selection: str = "uniform",
+    candidates: int | None = None,
 ) -> SystemModel:
     """Builds a :class:`SystemModel`, checking every field."""
     if not isinstance(profiles, DeviceProfiles):
@@ -116,6 +123,10 @@ def system(
         raise ValueError(f"deadline_policy={deadline_policy!r} is not one of {DEADLINE_POLICIES}")
     if selection not in SELECTIONS:
         raise ValueError(f"selection={selection!r} is not one of {SELECTIONS}")
+    if selection == "feasible" and deadline is None:
+        raise ValueError("selection='feasible' needs a deadline")
+    if (selection == "power_of_choice") != (candidates is not None):
+        raise ValueError("candidates (d) is set exactly when selection='power_of_choice'")
     sizes = {len(np.asarray(a)) for a in profiles}
     if len(sizes) != 1:
         raise ValueError(f"profile arrays differ in length: {sorted(sizes)}")
@@ -124,7 +135,7 @@ def system(
         raise ValueError("profile speeds and bandwidths must all be > 0")
     if np.any(p.availability <= 0) or np.any(p.availability > 1):
         raise ValueError("profile availabilities must all be in (0, 1]")
-    return SystemModel(p, deadline, deadline_policy, selection)
+    return SystemModel(p, deadline, deadline_policy, selection, candidates)
 
 
 def client_times(
@@ -168,8 +179,9 @@ def build(
     deadline: float | None = None,
     deadline_policy: str = "drop",
     selection: str = "uniform",
+    candidates: int | None = None,
 ) -> SystemModel:
     """:func:`profiles` and :func:`system` in one call (what ``conf/system/*.yaml`` target;
     ``fljax-run`` passes the federation's ``num_clients``)."""
     p = profiles(num_clients, kind, seed, speed, uplink, downlink, availability, sigma)
-    return system(p, deadline, deadline_policy, selection)
+    return system(p, deadline, deadline_policy, selection, candidates)
