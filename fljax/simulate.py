@@ -67,6 +67,7 @@ class ServerState(NamedTuple):
         round: ``()`` int32, rounds completed.
         broadcast: with downlink compression, the model the clients hold (else ``()``).
         downlink_state: the downlink compressor's state (else ``()``).
+        system_state: :class:`AsyncState` in asynchronous training (else ``()``).
     """
 
     params: PyTree
@@ -78,6 +79,26 @@ class ServerState(NamedTuple):
     round: jax.Array
     broadcast: PyTree = ()
     downlink_state: PyTree = ()
+    system_state: PyTree = ()
+
+
+class AsyncState(NamedTuple):
+    """Asynchronous training in flight (FedAsync / FedBuff).
+
+    Attributes:
+        models: ring buffer ``[S, ...]`` of the last ``S`` global models; version ``v`` is
+            at ``v mod S``.
+        version: ``()`` int32, server steps taken.
+        ids: ``[M]`` clients training now; ``start``: ``[M]`` the version each started from;
+        finish: ``[M]`` simulated time each will deliver its update; ``now``: the server clock.
+    """
+
+    models: PyTree
+    version: jax.Array
+    ids: jax.Array
+    start: jax.Array
+    finish: jax.Array
+    now: jax.Array
 
 
 class RoundMetrics(NamedTuple):
@@ -257,16 +278,9 @@ def build_round(
         prof = jax.tree.map(jnp.asarray, system.profiles)
         up_bytes, down_bytes = wire_bytes
 
-        # Each client's time for its full local work, for resource-aware selection.
+        # Each client's time for its full local work (resource-aware selection, async).
+        t_all = jnp.asarray(full_work_times(system, spec, plan, wire_bytes), jnp.float32)
         n_all = np.asarray(spec.num_examples)
-        per_all = n_all if plan.full_batch else np.minimum(n_all, plan.batch_size)
-        t_all = jnp.asarray(
-            np.asarray(system.profiles.downlink, np.float64) ** -1 * down_bytes
-            + np.asarray(num_local_steps(jnp.asarray(n_all), plan)) * per_all
-            / np.asarray(system.profiles.speed, np.float64)
-            + up_bytes / np.asarray(system.profiles.uplink, np.float64),
-            jnp.float32,
-        )  # fmt: skip
         log_n = jnp.log(jnp.maximum(jnp.asarray(n_all, jnp.float32), 1e-6))
         task_loss = batch_loss_fn(data.task, **(data.loss_options or {}))
 
@@ -508,11 +522,103 @@ def build_round(
             train_loss, finite, ids, contributed, out.num_steps, contributed
         )
 
+    def asynchronous(state: ServerState, key: jax.Array, train: ClientData):
+        # One server step (Nguyen et al. 2022, Alg. 1; Xie et al. 2019 with B = 1): the B
+        # earliest updates, each computed from the global model its client started from.
+        a = state.system_state
+        hp = algorithm.hparams
+        b, s_max = hp["buffer_size"], hp["max_staleness"]
+        k_clients, k_select = jax.random.split(key)
+        slots = jnp.argsort(a.finish)[:b]
+        ids, start = a.ids[slots], a.start[slots]
+        now = a.finish[slots[-1]]
+        stale = _tree_take(a.models, start % s_max)
+        batch = gather_clients(train, ids)
+        out = jax.vmap(client_update, in_axes=(0, 0, 0, 0, 0))(
+            stale, batch.x, batch.y, batch.num_examples, fold(k_clients, ids)
+        )
+        tau = a.version - start
+        fresh = tau < s_max  # older models have left the ring buffer: the update is discarded
+        scale = jnp.power(1.0 + tau.astype(jnp.float32), -hp["staleness_exponent"])
+        n = batch.num_examples.astype(jnp.float32)
+        base = n if algorithm.weighting == "num_examples" else jnp.ones_like(n)
+        w = jnp.where(fresh, base, 0.0)
+        if hp["mixing"] is None:  # FedBuff: staleness-scaled mean of the buffered deltas
+            mean = _weighted_tree_mean(
+                jax.tree.map(lambda d: d * scale.reshape((-1,) + (1,) * (d.ndim - 1)), out.delta),
+                w,
+            )
+        else:  # FedAsync: x + alpha s(tau) (x_stale + delta - x)
+            alpha = hp["mixing"] * scale[0] * fresh[0]
+            mean = jax.tree.map(
+                lambda xs, d, x: alpha * (xs[0] + d[0] - x), stale, out.delta, state.params
+            )
+        updates, opt_state = algorithm.server_optimizer.update(
+            jax.tree.map(jnp.negative, mean), state.opt_state, state.params
+        )
+        new_params = optax.apply_updates(state.params, updates)
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(mean)]))
+        version = a.version + 1
+        models = jax.tree.map(lambda r, p: r.at[version % s_max].set(p), a.models, new_params)
+        # The finished slots restart with clients not in flight, from the new model.
+        busy = jnp.zeros((num_clients,), bool).at[a.ids].set(True).at[ids].set(False)
+        u = jax.random.uniform(k_select, (num_clients,))
+        new_ids = jnp.argsort(jnp.where(busy, 2.0 + u, u))[:b].astype(jnp.int32)
+        new_a = AsyncState(
+            models=models,
+            version=version,
+            ids=a.ids.at[slots].set(new_ids),
+            start=a.start.at[slots].set(version),
+            finish=a.finish.at[slots].set(now + t_all[new_ids]),
+            now=now,
+        )
+        new_state = state._replace(
+            params=new_params, opt_state=opt_state, round=state.round + 1, system_state=new_a
+        )
+        train_loss = jnp.sum(out.train_loss * w) / jnp.maximum(jnp.sum(w), 1.0)
+        metrics = RoundMetrics(
+            train_loss, finite, ids, fresh, out.num_steps, jnp.ones(ids.shape, bool), tau,
+            now - a.now,
+        )  # fmt: skip
+        return new_state, metrics
+
+    if algorithm.mode == "async":
+        return asynchronous
     if algorithm.mode == "cyclic":
         return cyclic
     if algorithm.mode == "local":
         return local
     return federated  # "federated" and "centralized" (one pooled client)
+
+
+def full_work_times(system, spec: ClientData, plan, wire_bytes) -> np.ndarray:
+    """``[C]`` simulated seconds each client needs for a full round of local work."""
+    up_bytes, down_bytes = wire_bytes
+    n = np.asarray(spec.num_examples)
+    per_step = n if plan.full_batch else np.minimum(n, plan.batch_size)
+    steps = np.asarray(num_local_steps(jnp.asarray(n), plan))
+    p = system.profiles
+    return (
+        down_bytes / np.asarray(p.downlink, np.float64)
+        + steps * per_step / np.asarray(p.speed, np.float64)
+        + up_bytes / np.asarray(p.uplink, np.float64)
+    )
+
+
+def init_async(algorithm, system, spec, params, wire_bytes, key) -> AsyncState:
+    """The first ``concurrency`` clients (uniform, distinct) start from version 0 at time 0."""
+    hp = algorithm.hparams
+    m, s_max = hp["concurrency"], hp["max_staleness"]
+    ids = select_uniform(key, spec.x.shape[0], m)
+    times = full_work_times(system, spec, plan_local_work_for(algorithm, spec), wire_bytes)
+    return AsyncState(
+        models=_stack(params, s_max),
+        version=jnp.zeros((), jnp.int32),
+        ids=ids,
+        start=jnp.zeros((m,), jnp.int32),
+        finish=jnp.asarray(times, jnp.float32)[ids],
+        now=jnp.zeros((), jnp.float32),
+    )
 
 
 def build_block(round_fn):
@@ -628,7 +734,7 @@ def _with_privacy(privacy, algorithm, data, clients_per_round, rounds):
             )
     spec = _train_spec(data, algorithm)
     steps = np.asarray(
-        num_local_steps(jnp.asarray(spec.num_examples), _local_plan(algorithm, spec))
+        num_local_steps(jnp.asarray(spec.num_examples), plan_local_work_for(algorithm, spec))
     )
     if isinstance(algorithm.local_steps, tuple):
         steps = np.asarray(algorithm.local_steps)
@@ -683,11 +789,31 @@ def _with_secagg(secagg, algorithm, data, compression, dp_plan):
 SECAGG_COMPRESSORS = ("selective",)
 
 
+def _check_async(algorithm, data, system, privacy, secagg, compression, downlink, stragglers):
+    name = algorithm.name
+    if system is None:
+        raise ValueError(
+            f"{name!r} is asynchronous: give system= (fljax.system.system(profiles)); the "
+            "device profiles decide which clients finish first"
+        )
+    for what, value in (("privacy", privacy), ("secure_aggregation", secagg),
+                        ("compression", compression), ("downlink", downlink)):  # fmt: skip
+        if value is not None:
+            raise ValueError(f"{what}= is not supported with asynchronous {name!r} yet")
+    if stragglers:
+        raise ValueError("stragglers= does not apply to asynchronous training: the profiles do")
+    if algorithm.hparams["concurrency"] > data.num_clients:
+        raise ValueError(
+            f"concurrency={algorithm.hparams['concurrency']} exceeds the federation's "
+            f"{data.num_clients} clients"
+        )
+
+
 def _check_system(system, algorithm, data, dp_plan, clients_per_round):
     if not isinstance(system, SystemModel):
         raise ValueError(f"system must be a fljax.system.SystemModel, got {system!r}")
-    if algorithm.mode != "federated":
-        raise ValueError(f"system= needs mode='federated', not {algorithm.mode!r}")
+    if algorithm.mode not in ("federated", "async"):
+        raise ValueError(f"system= needs mode='federated' or 'async', not {algorithm.mode!r}")
     if len(system.profiles.speed) != data.num_clients:
         raise ValueError(
             f"system profiles describe {len(system.profiles.speed)} clients but the federation "
@@ -846,6 +972,8 @@ def simulate(
             )
     if mode == "centralized":
         clients_per_round = 1
+    if mode == "async":  # a server step aggregates buffer_size updates
+        clients_per_round = algorithm.hparams["buffer_size"]
     dp_plan = None
     if privacy is not None:
         algorithm, dp_plan = _with_privacy(privacy, algorithm, data, clients_per_round, rounds)
@@ -855,6 +983,9 @@ def simulate(
         algorithm = algorithm._replace(
             client_transform=chain(algorithm.client_transform, compression.transform)
         )
+    if mode == "async":
+        _check_async(algorithm, data, system, privacy, secure_aggregation, compression, downlink,
+                     stragglers)  # fmt: skip
     if system is not None:
         _check_system(system, algorithm, data, dp_plan, clients_per_round)
     width = dp_plan.cohort if dp_plan is not None and dp_plan.poisson_clients else None
@@ -892,7 +1023,7 @@ def simulate(
         state = state._replace(algorithm_state=jax.random.fold_in(root, 2))
     train = ClientData(*(jnp.asarray(a) for a in spec))
     test = ClientData(*(jnp.asarray(a) for a in data.test))
-    mesh = None if mode in ("cyclic", "centralized") else client_mesh(width, devices)
+    mesh = None if mode in ("cyclic", "centralized", "async") else client_mesh(width, devices)
     if mesh is not None:  # data and server state replicated; per-round client work split
         state, train, test = jax.device_put((state, train, test), replicated(mesh))
 
@@ -933,7 +1064,7 @@ def simulate(
     secagg_totals = dict.fromkeys(
         ("prg_client", "prg_server", "recovered_pairs", "recovery_messages", "dropped"), 0
     )
-    if mode == "federated":
+    if mode in ("federated", "async"):
         delta_bytes = model_bytes
         if compression is not None:
             delta_bytes = math.ceil(compression.bits(params) / 8)
@@ -951,6 +1082,12 @@ def simulate(
     wire = (float(up_each), float(down_each))
     if secagg_bytes is not None:
         wire = (float(sum(v for k, v in secagg_bytes.items() if k != "unmasking_max")), wire[1])
+    if mode == "async":
+        state = state._replace(
+            system_state=init_async(
+                algorithm, system, spec, params, wire, jax.random.fold_in(root, 3)
+            )
+        )
     run_block = jax.jit(
         build_block(
             build_round(
@@ -963,7 +1100,8 @@ def simulate(
     participation = np.zeros(data.num_clients, np.int64)
     history: list[dict] = []
     selected, contributed, num_steps = [], [], []
-    totals = {"up": 0, "down": 0, "sim_time": 0.0}
+    totals = {"up": 0, "down": 0, "sim_time": 0.0, "async_updates": 0, "async_discarded": 0,
+              "async_staleness": 0, "async_staleness_max": 0}  # fmt: skip
 
     def record(round_idx: int, st, train_losses) -> dict:
         metrics, client_metrics = {}, {}
@@ -990,6 +1128,14 @@ def simulate(
             entry["compression_ratio"] = 8 * model_bytes / compression.bits(params)
         if system is not None:
             entry["sim_time_s"] = float(totals["sim_time"])
+        if mode == "async":
+            done = max(totals["async_updates"], 1)
+            entry["async"] = {
+                "updates": totals["async_updates"],
+                "discarded_stale": totals["async_discarded"],
+                "staleness_mean": totals["async_staleness"] / done,
+                "staleness_max": totals["async_staleness_max"],
+            }
         if secure_aggregation is not None:
             entry["secagg"] = {
                 "protocol": secure_aggregation.name,
@@ -1102,6 +1248,14 @@ def simulate(
             totals["down"] += int(np.sum(metrics.sampled)) * down_each + length * broadcast_round
             if system is not None:
                 totals["sim_time"] += float(np.sum(np.asarray(metrics.round_time, np.float64)))
+            if mode == "async":
+                tau = np.asarray(metrics.aggregator_stats)
+                totals["async_updates"] += int(took_part.sum())
+                totals["async_discarded"] += int((~took_part).sum())
+                totals["async_staleness"] += int(tau[took_part].sum())
+                totals["async_staleness_max"] = max(
+                    totals["async_staleness_max"], int(tau.max(initial=0))
+                )
             entry = record(end, state, metrics.train_loss)
             checkpoint(end)
             if bar is not None:
@@ -1133,7 +1287,8 @@ def _stack_rounds(blocks: list, k: int, dtype) -> np.ndarray:
     return np.concatenate([np.asarray(b, dtype).reshape(-1, k) for b in blocks], axis=0)
 
 
-def _local_plan(algorithm: Algorithm, spec: ClientData):
+def plan_local_work_for(algorithm: Algorithm, spec: ClientData):
+    """The static :class:`fljax.client.LocalPlan` of ``algorithm`` on the split ``spec``."""
     return plan_local_work(
         spec.num_examples,
         spec.x.shape[1],
@@ -1145,7 +1300,7 @@ def _local_plan(algorithm: Algorithm, spec: ClientData):
 
 def _client_update_for(algorithm: Algorithm, model: Model, data: FederatedData, spec, privacy=None):
     """The static local plan and ONE client's update function for ``algorithm`` on ``spec``."""
-    plan = _local_plan(algorithm, spec)
+    plan = plan_local_work_for(algorithm, spec)
     update = make_client_update(
         model,
         data.task,

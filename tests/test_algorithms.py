@@ -255,9 +255,13 @@ def test_contract_every_algorithm(tiny, name):
     """Runs under jit for 3 rounds (one compiled block, state a valid scan carry), finite
     outputs, params keep their shapes, and the hyperparameters are recorded."""
     fed, model, params0, _ = tiny
-    algo = fljax.algorithms.get(name, client_lr=0.1, batch_size=2)
+    kw, extra = {}, {}
+    if name in ("fedbuff", "fedasync"):  # asynchronous: profiles decide who finishes first
+        kw = dict(concurrency=3) | (dict(buffer_size=2) if name == "fedbuff" else {})
+        extra = dict(system=fljax.system.system(fljax.system.profiles(fed.num_clients, "hospital")))
+    algo = fljax.algorithms.get(name, client_lr=0.1, batch_size=2, **kw)
     res = fljax.simulate(
-        algo, model, fed, rounds=3, clients_per_round=3, eval_every=3, params=params0
+        algo, model, fed, rounds=3, clients_per_round=3, eval_every=3, params=params0, **extra
     )
     assert jax.tree.structure(res.params) == jax.tree.structure(params0)
     for a, b in zip(jax.tree.leaves(res.params), jax.tree.leaves(params0), strict=True):

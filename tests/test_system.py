@@ -118,3 +118,79 @@ def test_resource_aware_and_power_of_choice_selection():
         _run(fed4, system(uni, selection="power_of_choice", candidates=9), k=1)
     with pytest.raises(ValueError, match="needs a deadline"):
         system(uni, selection="feasible")
+
+
+# ------------------------------------------------------------------------------ asynchronous
+
+
+def test_fedbuff_with_buffer_equal_to_cohort_and_no_staleness_is_fedavg(breast_cancer_fed):
+    fed = breast_cancer_fed
+    c = fed.num_clients
+    avg = fljax.algorithms.get("fedavg", client_lr=0.3, local_epochs=2, batch_size=None)
+    buff = fljax.algorithms.get(
+        "fedbuff", client_lr=0.3, local_epochs=2, batch_size=None, buffer_size=c,
+        concurrency=c, weighting="num_examples",
+    )  # fmt: skip
+    sys_model = system(profiles(c, kind="hospital", seed=0))
+    plain = fljax.simulate(avg, MODEL, fed, rounds=5, clients_per_round=c, eval_every=5)
+    asynchronous = fljax.simulate(buff, MODEL, fed, rounds=5, clients_per_round=c,
+                                  eval_every=5, system=sys_model)  # fmt: skip
+    for a, b in zip(jax.tree.leaves(plain.params), jax.tree.leaves(asynchronous.params),
+                    strict=True):  # fmt: skip
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    info = asynchronous.history[-1]["async"]
+    assert info["staleness_max"] == 0 and info["updates"] == 5 * c
+
+
+@pytest.mark.parametrize("name", ["fedbuff", "fedasync"])
+def test_async_updates_come_from_the_stale_model(name):
+    """Replays one server step by hand: the finishing client's delta is computed from the
+    global model of the version it started at, S >= 1 steps old, and applied as the paper
+    says (FedBuff: x + eta s(tau) delta; FedAsync: x + alpha s(tau) (x_stale + delta - x))."""
+    fed = _three_clients()
+    kw = dict(mixing=0.6) if name == "fedasync" else dict(buffer_size=1, server_lr=0.8)
+    kw.update(concurrency=3, max_staleness=8, staleness_exponent=0.5)
+    algo = fljax.algorithms.get(name, client_lr=0.2, local_epochs=1, batch_size=None, **kw)
+    p0 = MODEL.init(jax.random.key(0), fed.sample())
+    runs = [
+        fljax.simulate(
+            algo,
+            MODEL,
+            fed,
+            rounds=r,
+            clients_per_round=1,
+            eval_every=1,
+            system=system(PROFILES),
+            params=p0,
+        )  # fmt: skip
+        for r in range(1, 7)
+    ]
+    params = [p0] + [r.params for r in runs]  # params[v]: the global model of version v
+    update = fljax.client.make_client_update(
+        MODEL, "classification", algo.client_optimizer,
+        fljax.client.plan_local_work(fed.train.num_examples, fed.train.x.shape[1],
+                                     local_epochs=1, local_steps=None, batch_size=None),
+    )  # fmt: skip
+    seen_stale = False
+    for step in range(2, 7):
+        before = runs[step - 2].state.system_state
+        slot = int(np.argmin(np.asarray(before.finish)))
+        cid, start = int(before.ids[slot]), int(before.start[slot])
+        assert int(runs[step - 1].selected[-1][0]) == cid
+        tau = step - 1 - start
+        seen_stale |= tau >= 1
+        out = update(params[start], fed.train.x[cid], fed.train.y[cid],
+                     fed.train.num_examples[cid], jax.random.key(0))  # fmt: skip
+        s = (1.0 + tau) ** -0.5
+        x = params[step - 1]
+        if name == "fedbuff":
+            expected = jax.tree.map(lambda p, d, s=s: p + 0.8 * s * d, x, out.delta)
+        else:
+            expected = jax.tree.map(
+                lambda p, xs, d, s=s: p + 0.6 * s * (xs + d - p), x, params[start], out.delta
+            )
+        for a, b in zip(jax.tree.leaves(params[step]), jax.tree.leaves(expected), strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    assert seen_stale  # some update really was computed from an older model
+    last = runs[-1].history[-1]
+    assert last["sim_time_s"] == pytest.approx(float(runs[-1].state.system_state.now))

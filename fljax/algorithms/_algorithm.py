@@ -14,7 +14,7 @@ SERVER_OPTIMIZERS = ("sgd", "adam", "adagrad", "yogi")
 WEIGHTINGS = ("num_examples", "uniform")
 
 
-MODES = ("federated", "cyclic", "centralized", "local")
+MODES = ("federated", "cyclic", "centralized", "local", "async")
 
 
 class Algorithm(NamedTuple):
@@ -42,8 +42,11 @@ class Algorithm(NamedTuple):
             server_state``, with the unweighted mean of the selected clients' uploads.
         mode: ``"federated"`` (clients train in parallel from the global model),
             ``"cyclic"`` (the model visits the selected clients one after another),
-            ``"centralized"`` (one model on the pooled training data) or ``"local"`` (every
-            client trains only its own model).
+            ``"centralized"`` (one model on the pooled training data), ``"local"`` (every
+            client trains only its own model) or ``"async"`` (FedAsync / FedBuff: each round
+            is one server step on the buffered updates of the clients that finished first;
+            hparams ``buffer_size``, ``concurrency``, ``max_staleness``,
+            ``staleness_exponent``, ``mixing``).
         hparams: the hyperparameters the algorithm was built with (for logs and tables).
     """
 

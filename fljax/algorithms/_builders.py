@@ -523,3 +523,84 @@ local = _single_model(
     shares it; each client is evaluated with its own model (``result.client_params``).
     """,
 )
+
+
+def _async_hparams(concurrency, max_staleness, staleness_exponent):
+    if not isinstance(concurrency, int) or concurrency < 1:
+        raise ValueError(f"concurrency must be an integer >= 1, got {concurrency!r}")
+    if not isinstance(max_staleness, int) or max_staleness < 1:
+        raise ValueError(f"max_staleness must be an integer >= 1, got {max_staleness!r}")
+    if staleness_exponent < 0:
+        raise ValueError(f"staleness_exponent must be >= 0, got {staleness_exponent}")
+    return dict(
+        concurrency=concurrency,
+        max_staleness=max_staleness,
+        staleness_exponent=float(staleness_exponent),
+    )
+
+
+@register("fedbuff")
+def fedbuff(
+    client_lr: float = 0.1,
+    local_epochs: int | None = 1,
+    local_steps: int | list[int] | None = None,
+    batch_size: int | None = 32,
+    server_lr: float = 1.0,
+    buffer_size: int = 10,
+    concurrency: int = 20,
+    max_staleness: int = 16,
+    staleness_exponent: float = 0.5,
+    weighting: str = "uniform",
+    client_optimizer: str = "sgd",
+) -> Algorithm:
+    r"""FedBuff: buffered asynchronous aggregation (Nguyen et al. 2022, Algorithm 1).
+
+    ``concurrency`` clients train at once, each from the global model current when it
+    started. Each round (one server step) takes the ``buffer_size`` updates that finish first
+    (by the simulated clock of ``simulate(system=...)``), scales each by
+    :math:`s(\tau) = (1 + \tau)^{-a}` (``staleness_exponent`` a, staleness :math:`\tau` =
+    server steps since the client started), averages them and applies the server optimizer;
+    the finished slots restart with new clients from the new model. Updates staler than
+    ``max_staleness`` (the ring buffer of past global models) are discarded.
+    """
+    if not isinstance(buffer_size, int) or buffer_size < 1:
+        raise ValueError(f"buffer_size must be an integer >= 1, got {buffer_size!r}")
+    hp = _async_hparams(concurrency, max_staleness, staleness_exponent)
+    if buffer_size > concurrency:
+        raise ValueError(f"buffer_size={buffer_size} exceeds concurrency={concurrency}")
+    server_lr = _positive("server_lr", server_lr)
+    return _common(
+        "fedbuff", client_lr=client_lr, local_epochs=local_epochs, local_steps=local_steps,
+        batch_size=batch_size, client_optimizer=client_optimizer, client_momentum=None,
+        weighting=weighting, server_optimizer=optax.sgd(server_lr), mode="async",
+        extra_hparams=dict(server_lr=server_lr, buffer_size=buffer_size, mixing=None, **hp),
+    )  # fmt: skip
+
+
+@register("fedasync")
+def fedasync(
+    client_lr: float = 0.1,
+    local_epochs: int | None = 1,
+    local_steps: int | list[int] | None = None,
+    batch_size: int | None = 32,
+    mixing: float = 0.6,
+    concurrency: int = 20,
+    max_staleness: int = 16,
+    staleness_exponent: float = 0.5,
+    client_optimizer: str = "sgd",
+) -> Algorithm:
+    r"""FedAsync (Xie et al. 2019, Algorithm 1 with polynomial staleness): each server step
+    applies the one update that finishes first,
+    :math:`x_t = (1 - \alpha_t) x_{t-1} + \alpha_t x_{new}`,
+    :math:`\alpha_t = \alpha (1 + \tau)^{-a}`, where :math:`x_{new}` is the client's model
+    trained from the (stale) global model it received.
+    """
+    if not 0 < mixing <= 1:
+        raise ValueError(f"mixing (alpha) must be in (0, 1], got {mixing}")
+    hp = _async_hparams(concurrency, max_staleness, staleness_exponent)
+    return _common(
+        "fedasync", client_lr=client_lr, local_epochs=local_epochs, local_steps=local_steps,
+        batch_size=batch_size, client_optimizer=client_optimizer, client_momentum=None,
+        weighting="uniform", server_optimizer=optax.sgd(1.0), mode="async",
+        extra_hparams=dict(buffer_size=1, mixing=float(mixing), **hp),
+    )  # fmt: skip
