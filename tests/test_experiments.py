@@ -120,3 +120,16 @@ def test_dp_tradeoff_smoke(tmp_path, shared_data):
     for r in record:
         assert 0.0 <= r["loss_mia_auc"] <= 1.0 and 0.0 <= r["update_mia_auc"] <= 1.0
     assert (tmp_path / "dp_tradeoff.png").exists()
+
+
+def test_time_to_accuracy_smoke(tmp_path):
+    figures = _run_script(
+        ["experiments/time_to_accuracy.py", "--clients", "20", "--per-round", "4",
+         "--updates", "16"],
+        tmp_path,
+    )  # fmt: skip
+    settings = figures["settings"]
+    assert len(settings) == 5
+    wait, drop = settings["FedAvg (wait for all)"], settings["FedAvg, deadline, drop"]
+    assert drop["sim_hours"] <= wait["sim_hours"]  # a deadline never lengthens a round
+    assert (tmp_path / "time_to_accuracy.png").exists()
