@@ -67,7 +67,8 @@ class ServerState(NamedTuple):
         round: ``()`` int32, rounds completed.
         broadcast: with downlink compression, the model the clients hold (else ``()``).
         downlink_state: the downlink compressor's state (else ``()``).
-        system_state: :class:`AsyncState` in asynchronous training (else ``()``).
+        system_state: :class:`SyncSystemState` with a system model, :class:`AsyncState` in
+            asynchronous training (else ``()``).
     """
 
     params: PyTree
@@ -80,6 +81,20 @@ class ServerState(NamedTuple):
     broadcast: PyTree = ()
     downlink_state: PyTree = ()
     system_state: PyTree = ()
+
+
+class SyncSystemState(NamedTuple):
+    """The simulated clock and Oort's per-client statistics in synchronous training.
+
+    Attributes:
+        now: ``()`` float32, simulated seconds elapsed.
+        utility: ``[C]`` last statistical utility ``n_i * loss_i`` (Oort).
+        last: ``[C]`` int32, the last round the client contributed (0: never).
+    """
+
+    now: jax.Array
+    utility: jax.Array
+    last: jax.Array
 
 
 class AsyncState(NamedTuple):
@@ -187,6 +202,16 @@ def select_uniform(key: jax.Array, num_clients: int, clients_per_round: int) -> 
     )
 
 
+def poisson_cap(num_clients: int, expected: int) -> int:
+    """The padded width of a Poisson cohort of ``expected`` clients: exceeded (and then
+    truncated to a random subset) with probability below 1e-9 per round."""
+    from scipy.stats import binom
+
+    ks = np.arange(num_clients + 1)
+    ok = binom.sf(ks, num_clients, expected / num_clients) <= 1e-9
+    return int(max(expected, ks[np.argmax(ok)] if ok.any() else num_clients))
+
+
 def select_poisson(
     key: jax.Array, num_clients: int, rate: float, cap: int
 ) -> tuple[jax.Array, jax.Array]:
@@ -270,6 +295,10 @@ def build_round(
     plan, client_update = _client_update_for(algorithm, model, data, spec, privacy)
     poisson = privacy is not None and privacy.poisson_clients
     cohort = privacy.cohort if poisson else clients_per_round
+    rate = privacy.rate if poisson else None
+    if system is not None and system.selection == "poisson":
+        poisson, rate = True, clients_per_round / num_clients
+        cohort = poisson_cap(num_clients, clients_per_round)
     steps_per_client = None
     if isinstance(algorithm.local_steps, tuple):
         steps_per_client = jnp.asarray(algorithm.local_steps, jnp.int32)
@@ -280,16 +309,24 @@ def build_round(
 
         # Each client's time for its full local work (resource-aware selection, async).
         t_all = jnp.asarray(full_work_times(system, spec, plan, wire_bytes), jnp.float32)
+        t_pref = system.deadline if system.deadline is not None else jnp.median(t_all)
         n_all = np.asarray(spec.num_examples)
         log_n = jnp.log(jnp.maximum(jnp.asarray(n_all, jnp.float32), 1e-6))
         task_loss = batch_loss_fn(data.task, **(data.loss_options or {}))
 
-    def select_available(key, k_select, params, train):
-        """Availability draw, then the cohort: ``ids[K]`` and ``valid[K]`` (reachable)."""
-        avail = jax.random.uniform(jax.random.fold_in(key, 7), (num_clients,)) < prof.availability
+    def select_available(key, k_select, params, train, sys_state, round_idx, chosen=None):
+        """Availability draw, then the cohort: ``ids[K]`` and ``valid[K]`` (reachable); with
+        ``chosen`` ids (Poisson sampling) only their availability."""
+        p_avail = prof.availability
+        if system.diurnal > 0:  # daily cycle on the simulated clock, shifted per client
+            day = sys_state.now / 86_400.0 + prof.phase
+            p_avail = jnp.clip(p_avail * (1 + system.diurnal * jnp.cos(2 * jnp.pi * day)), 0, 1)
+        avail = jax.random.uniform(jax.random.fold_in(key, 7), (num_clients,)) < p_avail
         u = jax.random.uniform(k_select, (num_clients,))
         k = clients_per_round
         rule = system.selection
+        if chosen is not None:
+            return chosen, avail[chosen]
         if rule == "uniform":
             ids = select_uniform(k_select, num_clients, k)
             return ids, avail[ids]
@@ -299,6 +336,19 @@ def build_round(
             score = jnp.where(avail, t_all, jnp.inf)
         elif rule == "feasible":  # K uniformly among available clients that meet the deadline
             score = jnp.where(avail & (t_all <= system.deadline), u, 2.0 + u)
+        elif rule == "oort":  # Lai et al. (2021): explore unseen clients, exploit utility
+            seen = sys_state.last > 0
+            r = (round_idx + 1).astype(jnp.float32)
+            bonus = jnp.sqrt(0.1 * jnp.log(r) / jnp.maximum(sys_state.last, 1))
+            speed_ok = jnp.where(t_all > t_pref, (t_pref / t_all) ** 2, 1.0)
+            exploit = (sys_state.utility + bonus) * speed_ok
+            n_explore = int(round(system.exploration * k))
+            fresh = avail & ~seen
+            explore_rank = jnp.argsort(jnp.argsort(jnp.where(fresh, u, 2.0 + u)))
+            explore = fresh & (explore_rank < n_explore)
+            score = -jnp.where(
+                explore, 1e30, jnp.where(avail & seen, exploit, jnp.where(avail, -1.0 + u, -2.0))
+            )
         else:  # power_of_choice (Cho et al. 2022): d candidates drawn w.p. ~ n_k without
             # replacement (Gumbel top-d), then the K with the highest global-model loss
             gumbel = -jnp.log(-jnp.log(jnp.clip(u, 1e-12, 1.0 - 1e-7)))
@@ -370,9 +420,16 @@ def build_round(
         k_select, k_clients, k_transform, k_aggregate, k_straggle, k_down = jax.random.split(key, 6)
         start = state.params if downlink is None else state.broadcast  # what clients hold
         if poisson:
-            ids, valid = select_poisson(k_select, num_clients, privacy.rate, cohort)
+            ids, valid = select_poisson(k_select, num_clients, rate, cohort)
+            if system is not None:  # Poisson among all clients; the unavailable drop out
+                ids, avail = select_available(
+                    key, k_select, start, train, state.system_state, state.round, ids
+                )
+                valid = valid & avail
         elif system is not None:
-            ids, valid = select_available(key, k_select, start, train)
+            ids, valid = select_available(
+                key, k_select, start, train, state.system_state, state.round
+            )
         else:
             ids = select_uniform(k_select, num_clients, clients_per_round)
         batch = gather_clients(train, ids)
@@ -451,10 +508,23 @@ def build_round(
             round=state.round + 1,
             broadcast=broadcast,
             downlink_state=downlink_state,
+            system_state=state.system_state,
         )
         w = jnp.where(contributed, n, 0.0)
         train_loss = jnp.sum(out.train_loss * w) / jnp.maximum(jnp.sum(w), 1.0)
         sampled = valid if (poisson or system is not None) else jnp.ones(ids.shape, bool)
+        if system is not None:  # the clock, and Oort's statistics of who contributed
+            sys_state = new_state.system_state
+            utility = jnp.where(contributed, n * out.train_loss, sys_state.utility[ids])
+            new_state = new_state._replace(
+                system_state=SyncSystemState(
+                    now=sys_state.now + round_time,
+                    utility=sys_state.utility.at[ids].set(utility),
+                    last=sys_state.last.at[ids].set(
+                        jnp.where(contributed, state.round + 1, sys_state.last[ids])
+                    ),
+                )
+            )
         stats = getattr(agg_state, "stats", ())
         metrics = RoundMetrics(
             train_loss, finite, ids, contributed, out.num_steps, sampled, stats, round_time
@@ -989,6 +1059,8 @@ def simulate(
     if system is not None:
         _check_system(system, algorithm, data, dp_plan, clients_per_round)
     width = dp_plan.cohort if dp_plan is not None and dp_plan.poisson_clients else None
+    if system is not None and system.selection == "poisson":
+        width = poisson_cap(data.num_clients, clients_per_round)
     width = width or clients_per_round  # the vmapped cohort
     t_start = time.perf_counter()
     root = jax.random.key(int(seed))
@@ -1086,6 +1158,13 @@ def simulate(
         state = state._replace(
             system_state=init_async(
                 algorithm, system, spec, params, wire, jax.random.fold_in(root, 3)
+            )
+        )
+    elif system is not None:
+        c = spec.x.shape[0]
+        state = state._replace(
+            system_state=SyncSystemState(
+                jnp.zeros((), jnp.float32), jnp.zeros((c,), jnp.float32), jnp.zeros((c,), jnp.int32)
             )
         )
     run_block = jax.jit(

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 DEADLINE_POLICIES = ("drop", "partial")
-SELECTIONS = ("uniform", "available", "fastest", "feasible", "power_of_choice")
+SELECTIONS = ("uniform", "poisson", "available", "fastest", "feasible", "power_of_choice", "oort")
 
 
 class DeviceProfiles(NamedTuple):
@@ -32,12 +32,15 @@ class DeviceProfiles(NamedTuple):
         uplink: upload bandwidth, bytes per second.
         downlink: download bandwidth, bytes per second.
         availability: probability that the client is reachable in a given round.
+        phase: the client's local time-zone offset as a fraction of a day (for diurnal
+            availability); ``None`` means 0 for every client.
     """
 
     speed: np.ndarray
     uplink: np.ndarray
     downlink: np.ndarray
     availability: np.ndarray
+    phase: np.ndarray | None = None
 
 
 def profiles(
@@ -68,7 +71,9 @@ def profiles(
         raise ValueError(f"availability must be in (0, 1], got {availability}")
     ones = np.ones(num_clients, np.float32)
     if kind == "uniform":
-        return DeviceProfiles(speed * ones, uplink * ones, downlink * ones, availability * ones)
+        return DeviceProfiles(
+            speed * ones, uplink * ones, downlink * ones, availability * ones, 0 * ones
+        )
     if kind != "hospital":
         raise ValueError(f"kind={kind!r} is not one of ('uniform', 'hospital')")
     if sigma < 0:
@@ -79,7 +84,8 @@ def profiles(
     if availability < 1:
         a = availability / (1 - availability)  # Beta(a, 1) has mean a / (a + 1)
         avail = rng.beta(a, 1.0, num_clients).astype(np.float32)
-    return DeviceProfiles(speed * factor(), uplink * factor(), downlink * factor(), avail)
+    phase = rng.uniform(0.0, 1.0, num_clients).astype(np.float32)
+    return DeviceProfiles(speed * factor(), uplink * factor(), downlink * factor(), avail, phase)
 
 
 class SystemModel(NamedTuple):
@@ -91,13 +97,24 @@ class SystemModel(NamedTuple):
         deadline_policy: ``"drop"`` (late updates are discarded) or ``"partial"`` (a client
             runs the local steps that fit before the deadline; none fit: it sends nothing).
         selection: ``"uniform"`` (K clients uniformly; unavailable ones drop out),
+            ``"poisson"`` (every client joins with probability K / C; the cohort is padded
+            to a cap exceeded with probability < 1e-9 per round; unavailable ones drop out),
             ``"available"`` (K uniformly among those available this round), ``"fastest"``
             (the K available clients whose full local work takes the least simulated time),
             ``"feasible"`` (K uniformly among available clients that can finish before the
             deadline) or ``"power_of_choice"`` (Cho et al. 2022: ``candidates`` available
             clients drawn with probability proportional to their data size, then the K with
             the highest loss under the current global model). Fewer than K when fewer qualify.
+            ``"oort"`` (Lai et al. 2021, Sec. 4: a fraction ``exploration`` of the cohort
+            tries clients never seen, the rest are the available clients with the highest
+            utility ``n_i * last loss_i + sqrt(0.1 log r / last round_i)``, times
+            ``(T / t_i)^2`` for clients slower than the preferred round time ``T`` (the
+            deadline, else the median client's time)).
         candidates: ``d``, the candidate set of Power-of-Choice (``K <= d <= C``).
+        exploration: Oort's exploration fraction.
+        diurnal: amplitude ``a`` of a daily availability cycle:
+            ``p_i(t) = clip(p_i (1 + a cos(2 pi (t / 1 day + phase_i))), 0, 1)`` on the
+            simulated clock ``t`` (0: constant availability).
     """
 
     profiles: DeviceProfiles
@@ -105,6 +122,8 @@ class SystemModel(NamedTuple):
     deadline_policy: str = "drop"
     selection: str = "uniform"
     candidates: int | None = None
+    exploration: float = 0.2
+    diurnal: float = 0.0
 
 
 def system(
@@ -113,6 +132,8 @@ def system(
     deadline_policy: str = "drop",
     selection: str = "uniform",
     candidates: int | None = None,
+    exploration: float = 0.2,
+    diurnal: float = 0.0,
 ) -> SystemModel:
     """Builds a :class:`SystemModel`, checking every field."""
     if not isinstance(profiles, DeviceProfiles):
@@ -127,6 +148,12 @@ def system(
         raise ValueError("selection='feasible' needs a deadline")
     if (selection == "power_of_choice") != (candidates is not None):
         raise ValueError("candidates (d) is set exactly when selection='power_of_choice'")
+    if not 0 <= exploration <= 1:
+        raise ValueError(f"exploration must be in [0, 1], got {exploration}")
+    if not 0 <= diurnal <= 1:
+        raise ValueError(f"diurnal (amplitude) must be in [0, 1], got {diurnal}")
+    if profiles.phase is None:
+        profiles = profiles._replace(phase=np.zeros_like(np.asarray(profiles.speed)))
     sizes = {len(np.asarray(a)) for a in profiles}
     if len(sizes) != 1:
         raise ValueError(f"profile arrays differ in length: {sorted(sizes)}")
@@ -135,7 +162,9 @@ def system(
         raise ValueError("profile speeds and bandwidths must all be > 0")
     if np.any(p.availability <= 0) or np.any(p.availability > 1):
         raise ValueError("profile availabilities must all be in (0, 1]")
-    return SystemModel(p, deadline, deadline_policy, selection, candidates)
+    return SystemModel(
+        p, deadline, deadline_policy, selection, candidates, float(exploration), float(diurnal)
+    )
 
 
 def client_times(
@@ -180,8 +209,10 @@ def build(
     deadline_policy: str = "drop",
     selection: str = "uniform",
     candidates: int | None = None,
+    exploration: float = 0.2,
+    diurnal: float = 0.0,
 ) -> SystemModel:
     """:func:`profiles` and :func:`system` in one call (what ``conf/system/*.yaml`` target;
     ``fljax-run`` passes the federation's ``num_clients``)."""
     p = profiles(num_clients, kind, seed, speed, uplink, downlink, availability, sigma)
-    return system(p, deadline, deadline_policy, selection, candidates)
+    return system(p, deadline, deadline_policy, selection, candidates, exploration, diurnal)
