@@ -7,6 +7,7 @@ from fljax import compress as compress
 from fljax import data as data
 from fljax import metrics as metrics
 from fljax import models as models
+from fljax import personalize as personalize
 from fljax import privacy as privacy
 from fljax import system as system
 from fljax._base import EmptyState as EmptyState
@@ -41,6 +42,7 @@ __all__ = [
     "load_run",
     "metrics",
     "models",
+    "personalize",
     "privacy",
     "set_host_device_count",
     "simulate",
