@@ -84,8 +84,9 @@ def profiles(
     if availability < 1:
         a = availability / (1 - availability)  # Beta(a, 1) has mean a / (a + 1)
         avail = rng.beta(a, 1.0, num_clients).astype(np.float32)
-    phase = rng.uniform(0.0, 1.0, num_clients).astype(np.float32)
-    return DeviceProfiles(speed * factor(), uplink * factor(), downlink * factor(), avail, phase)
+    rates = (speed * factor(), uplink * factor(), downlink * factor())
+    phase = rng.uniform(0.0, 1.0, num_clients).astype(np.float32)  # drawn last: adding it kept
+    return DeviceProfiles(*rates, avail, phase)  # the earlier draws (and results) unchanged
 
 
 class SystemModel(NamedTuple):
