@@ -73,6 +73,13 @@ def _loggers(cfg: DictConfig, run_dir: Path) -> list:
     return out
 
 
+def _optional(cfg: DictConfig, group: str, **kwargs):
+    """The object of an optional config group (``compression``, ``privacy``, ...), or None."""
+    if cfg.get(group) is None:
+        return None
+    return instantiate(cfg[group], _convert_="all", **kwargs)
+
+
 def run(cfg: DictConfig, run_dir: str | Path) -> SimulationResult:
     """Runs the composed config ``cfg`` and writes its run folder ``run_dir``."""
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save step at INFO
@@ -84,19 +91,11 @@ def run(cfg: DictConfig, run_dir: str | Path) -> SimulationResult:
         model_kwargs["num_classes"] = data.num_classes
     model = instantiate(cfg.model, _convert_="all", **model_kwargs)
     algorithm = instantiate(cfg.algorithm, _convert_="all")
-    compression = downlink = None
-    if cfg.get("compression") is not None:
-        compression = instantiate(cfg.compression, _convert_="all")
-    if cfg.get("downlink") is not None:
-        downlink = instantiate(cfg.downlink, _convert_="all")
-    privacy = secagg = None
-    if cfg.get("privacy") is not None:
-        privacy = instantiate(cfg.privacy, _convert_="all")
-    if cfg.get("secagg") is not None:
-        secagg = instantiate(cfg.secagg, _convert_="all")
-    system = None
-    if cfg.get("system") is not None:
-        system = instantiate(cfg.system, _convert_="all", num_clients=data.num_clients)
+    compression = _optional(cfg, "compression")
+    downlink = _optional(cfg, "downlink")
+    privacy = _optional(cfg, "privacy")
+    secagg = _optional(cfg, "secagg")
+    system = _optional(cfg, "system", num_clients=data.num_clients)
     resume = bool(cfg.get("resume", False))
     state_dir = run_dir / RESUME_DIR if cfg.get("save_state", True) or resume else None
     keep_until = None

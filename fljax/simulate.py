@@ -38,6 +38,7 @@ from fljax.privacy import (
     Privacy,
     PrivacyPlan,
     SecAgg,
+    binomial_cap,
     graph_degree,
     message_bytes,
     secure_aggregator,
@@ -126,7 +127,6 @@ class RoundMetrics(NamedTuple):
     num_steps: jax.Array  # (K,), int32: local steps each selected client took
     sampled: jax.Array  # (K,), bool: the slot holds a sampled client (False: Poisson padding)
     aggregator_stats: Any = ()  # the aggregator's per-round counts (secure aggregation)
-    round_time: Any = ()  # (), float32: simulated seconds of the round (with a system model)
 
 
 @dataclasses.dataclass
@@ -205,11 +205,8 @@ def select_uniform(key: jax.Array, num_clients: int, clients_per_round: int) -> 
 def poisson_cap(num_clients: int, expected: int) -> int:
     """The padded width of a Poisson cohort of ``expected`` clients: exceeded (and then
     truncated to a random subset) with probability below 1e-9 per round."""
-    from scipy.stats import binom
-
-    ks = np.arange(num_clients + 1)
-    ok = binom.sf(ks, num_clients, expected / num_clients) <= 1e-9
-    return int(max(expected, ks[np.argmax(ok)] if ok.any() else num_clients))
+    rate = expected / num_clients
+    return int(max(expected, binomial_cap(num_clients, num_clients, rate, lambda t: t <= 1e-9)))
 
 
 def select_poisson(
@@ -322,11 +319,11 @@ def build_round(
             day = sys_state.now / 86_400.0 + prof.phase
             p_avail = jnp.clip(p_avail * (1 + system.diurnal * jnp.cos(2 * jnp.pi * day)), 0, 1)
         avail = jax.random.uniform(jax.random.fold_in(key, 7), (num_clients,)) < p_avail
+        if chosen is not None:
+            return chosen, avail[chosen]
         u = jax.random.uniform(k_select, (num_clients,))
         k = clients_per_round
         rule = system.selection
-        if chosen is not None:
-            return chosen, avail[chosen]
         if rule == "uniform":
             ids = select_uniform(k_select, num_clients, k)
             return ids, avail[ids]
@@ -376,17 +373,15 @@ def build_round(
         per_step = per_step.astype(jnp.float32)
         speed, up, down = prof.speed[ids], prof.uplink[ids], prof.downlink[ids]
         work = jnp.minimum(num_local_steps(n, plan), budget)
-        if system.deadline is not None:
-            if system.deadline_policy == "partial":
-                fit = steps_within(system.deadline, per_step, speed, up, down, up_bytes,
-                                   down_bytes)  # fmt: skip
-                budget = jnp.minimum(budget, fit)
-                work = jnp.minimum(work, fit)
-                contributed = contributed & (fit > 0)
-            else:
-                t = client_times(work, per_step, speed, up, down, up_bytes, down_bytes)
-                contributed = contributed & (t <= system.deadline)
+        partial = system.deadline is not None and system.deadline_policy == "partial"
+        if partial:
+            fit = steps_within(system.deadline, per_step, speed, up, down, up_bytes, down_bytes)
+            budget = jnp.minimum(budget, fit)
+            work = jnp.minimum(work, fit)
+            contributed = contributed & (fit > 0)
         t = client_times(work, per_step, speed, up, down, up_bytes, down_bytes)
+        if system.deadline is not None and not partial:  # late updates are discarded
+            contributed = contributed & (t <= system.deadline)
         round_time = jnp.max(jnp.where(valid, t, 0.0))
         if system.deadline is not None:
             round_time = jnp.minimum(round_time, system.deadline)
@@ -434,7 +429,7 @@ def build_round(
             ids = select_uniform(k_select, num_clients, clients_per_round)
         batch = gather_clients(train, ids)
         budget, contributed = budget_for(ids, k_straggle, batch)
-        round_time = ()
+        padded = poisson or system is not None  # some slots may hold no reachable client
         if system is not None:
             budget, contributed, round_time = clock(ids, batch, budget, contributed, valid)
         elif poisson:
@@ -475,7 +470,7 @@ def build_round(
             num_steps=out.num_steps,
             num_clients=num_clients,
             client_ids=ids,
-            active=valid if (poisson or system is not None) else None,
+            active=valid if padded else None,
         )
         pseudo_grad = jax.tree.map(jnp.negative, aggregate)
         updates, opt_state = algorithm.server_optimizer.update(
@@ -512,7 +507,7 @@ def build_round(
         )
         w = jnp.where(contributed, n, 0.0)
         train_loss = jnp.sum(out.train_loss * w) / jnp.maximum(jnp.sum(w), 1.0)
-        sampled = valid if (poisson or system is not None) else jnp.ones(ids.shape, bool)
+        sampled = valid if padded else jnp.ones(ids.shape, bool)
         if system is not None:  # the clock, and Oort's statistics of who contributed
             sys_state = new_state.system_state
             utility = jnp.where(contributed, n * out.train_loss, sys_state.utility[ids])
@@ -526,9 +521,7 @@ def build_round(
                 )
             )
         stats = getattr(agg_state, "stats", ())
-        metrics = RoundMetrics(
-            train_loss, finite, ids, contributed, out.num_steps, sampled, stats, round_time
-        )
+        metrics = RoundMetrics(train_loss, finite, ids, contributed, out.num_steps, sampled, stats)
         return new_state, metrics
 
     def cyclic(state: ServerState, key: jax.Array, train: ClientData):
@@ -647,9 +640,8 @@ def build_round(
         )
         train_loss = jnp.sum(out.train_loss * w) / jnp.maximum(jnp.sum(w), 1.0)
         metrics = RoundMetrics(
-            train_loss, finite, ids, fresh, out.num_steps, jnp.ones(ids.shape, bool), tau,
-            now - a.now,
-        )  # fmt: skip
+            train_loss, finite, ids, fresh, out.num_steps, jnp.ones(ids.shape, bool), tau
+        )
         return new_state, metrics
 
     if algorithm.mode == "async":
@@ -1133,9 +1125,6 @@ def simulate(
         if compression is not None:
             sent = compression.bits(params) // 32
         secagg_bytes = message_bytes(secure_aggregation, sent, width)
-    secagg_totals = dict.fromkeys(
-        ("prg_client", "prg_server", "recovered_pairs", "recovery_messages", "dropped"), 0
-    )
     if mode in ("federated", "async"):
         delta_bytes = model_bytes
         if compression is not None:
@@ -1179,8 +1168,10 @@ def simulate(
     participation = np.zeros(data.num_clients, np.int64)
     history: list[dict] = []
     selected, contributed, num_steps = [], [], []
-    totals = {"up": 0, "down": 0, "sim_time": 0.0, "async_updates": 0, "async_discarded": 0,
-              "async_staleness": 0, "async_staleness_max": 0}  # fmt: skip
+    totals = {"up": 0, "down": 0, "async_updates": 0, "async_discarded": 0,
+              "async_staleness": 0, "async_staleness_max": 0,
+              "secagg": dict.fromkeys(("prg_client", "prg_server", "recovered_pairs",
+                                       "recovery_messages", "dropped"), 0)}  # fmt: skip
 
     def record(round_idx: int, st, train_losses) -> dict:
         metrics, client_metrics = {}, {}
@@ -1206,7 +1197,7 @@ def simulate(
         if compression is not None:
             entry["compression_ratio"] = 8 * model_bytes / compression.bits(params)
         if system is not None:
-            entry["sim_time_s"] = float(totals["sim_time"])
+            entry["sim_time_s"] = float(jax.device_get(st.system_state.now))
         if mode == "async":
             done = max(totals["async_updates"], 1)
             entry["async"] = {
@@ -1220,7 +1211,7 @@ def simulate(
                 "protocol": secure_aggregation.name,
                 "bits": secure_aggregation.bits,
                 "degree": graph_degree(secure_aggregation, width),
-                **secagg_totals,
+                **totals["secagg"],
                 "bytes_per_client": secagg_bytes,
             }
         if dp_plan is not None:
@@ -1254,7 +1245,6 @@ def simulate(
                 "contributed": [a.tolist() for a in contributed],
                 "num_steps": [a.tolist() for a in num_steps],
                 "totals": totals,
-                "secagg_totals": secagg_totals,
             },
         )
 
@@ -1283,7 +1273,6 @@ def simulate(
             contributed.extend(np.asarray(a, bool) for a in progress["contributed"])
             num_steps.extend(np.asarray(a, np.int32) for a in progress["num_steps"])
             totals.update(progress["totals"])
-            secagg_totals.update(progress.get("secagg_totals", {}))
             participation[:] = history[-1]["client_metrics"]["participation"]
             if bar is not None:
                 bar.update(start)
@@ -1316,8 +1305,8 @@ def simulate(
                 totals["up"] += int(took_part.sum()) * up_each
             else:  # every selected client keys and shares; survivors send the masked vector
                 st = jax.device_get(metrics.aggregator_stats)
-                for name in secagg_totals:
-                    secagg_totals[name] += int(np.sum(st._asdict()[name]))
+                for name in totals["secagg"]:
+                    totals["secagg"][name] += int(np.sum(st._asdict()[name]))
                 b = secagg_bytes
                 totals["up"] += (
                     int(ids.size) * (b["advertise_keys"] + b["share_keys"])
@@ -1325,8 +1314,6 @@ def simulate(
                     + int(np.sum(st.recovery_messages)) * SHARE_BYTES
                 )
             totals["down"] += int(np.sum(metrics.sampled)) * down_each + length * broadcast_round
-            if system is not None:
-                totals["sim_time"] += float(np.sum(np.asarray(metrics.round_time, np.float64)))
             if mode == "async":
                 tau = np.asarray(metrics.aggregator_stats)
                 totals["async_updates"] += int(took_part.sum())

@@ -20,6 +20,7 @@ from fljax.privacy._mechanisms import AdaptiveClipState as AdaptiveClipState
 from fljax.privacy._mechanisms import Privacy as Privacy
 from fljax.privacy._mechanisms import PrivacyPlan as PrivacyPlan
 from fljax.privacy._mechanisms import adaptive_update_noise as adaptive_update_noise
+from fljax.privacy._mechanisms import binomial_cap as binomial_cap
 from fljax.privacy._mechanisms import cohort_cap as cohort_cap
 from fljax.privacy._mechanisms import gaussian_sum_aggregator as gaussian_sum_aggregator
 from fljax.privacy._mechanisms import get as get

@@ -324,13 +324,19 @@ def cohort_cap(num_clients: int, rate: float, rounds: float, delta: float) -> in
 
     ``num_clients + 1`` covers the neighbouring federation with one more client.
     """
-    from scipy.stats import binom
-
     if rate >= 1.0:
         return num_clients
-    ks = np.arange(num_clients + 1)
-    ok = rounds * binom.sf(ks, num_clients + 1, rate) <= delta / 100
-    return int(ks[np.argmax(ok)]) if ok.any() else num_clients
+    return binomial_cap(num_clients, num_clients + 1, rate, lambda t: rounds * t <= delta / 100)
+
+
+def binomial_cap(limit: int, trials: int, rate: float, within) -> int:
+    """Smallest ``K`` in ``[0, limit]`` whose tail ``P[Binomial(trials, rate) > K]`` satisfies
+    ``within(tail)``; ``limit`` when none does."""
+    from scipy.stats import binom
+
+    ks = np.arange(limit + 1)
+    ok = within(binom.sf(ks, trials, rate))
+    return int(ks[np.argmax(ok)]) if ok.any() else limit
 
 
 def cap_tail(num_clients: int, rate: float, cap: int) -> float:

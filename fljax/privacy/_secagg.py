@@ -274,6 +274,13 @@ def _zero_stats() -> SecAggStats:
     return SecAggStats(z, z, z, z, z, z)
 
 
+def _flatten_rows(rows):
+    """``rows`` (a pytree with a leading client axis) as ``[K, d]`` and the map back to one
+    row's pytree."""
+    flat = jax.vmap(lambda r: ravel_pytree(r)[0])(rows)
+    return flat, ravel_pytree(jax.tree.map(lambda a: a[0], rows))[1]
+
+
 def secure_aggregator(secagg: SecAgg, weight_bound: float, inner: Transform | None = None):
     r"""The aggregator that replaces the server's plain sum with :func:`secure_sum`.
 
@@ -297,8 +304,7 @@ def secure_aggregator(secagg: SecAgg, weight_bound: float, inner: Transform | No
         box = {}
 
         def sum_fn(rows, inc, k):
-            flat = jax.vmap(lambda r: ravel_pytree(r)[0])(rows)
-            unravel = ravel_pytree(jax.tree.map(lambda a: a[0], rows))[1]
+            flat, unravel = _flatten_rows(rows)
             ranges = jnp.full((flat.shape[1],), secagg.clip_range, jnp.float32)
             out, stats = secure_sum(flat, inc, client_ids, k, secagg, ranges, active)
             box["stats"] = stats
@@ -310,8 +316,8 @@ def secure_aggregator(secagg: SecAgg, weight_bound: float, inner: Transform | No
             )
             return out, SecureMeanState(inner_state, box["stats"])
         w = jnp.where(included, weights / weight_bound, 0.0)
-        flat = jax.vmap(lambda r: ravel_pytree(r)[0])(updates) * w[:, None]
-        unravel = ravel_pytree(jax.tree.map(lambda a: a[0], updates))[1]
+        flat, unravel = _flatten_rows(updates)
+        flat = flat * w[:, None]
         values = jnp.concatenate([flat, w[:, None]], axis=1)
         ranges = jnp.concatenate(
             [jnp.full((flat.shape[1],), secagg.clip_range, jnp.float32), jnp.ones((1,))]
