@@ -22,11 +22,19 @@ class Model(NamedTuple):
 
     ``params`` is a plain pytree (a dict of arrays), so stacking it over clients and ``vmap``
     over the stack is trivial.
+
+    Models with batch statistics (batch norm) keep them in the same pytree,
+    ``{"params": ..., "batch_stats": ...}``, and give ``apply_train(params, x, mask, key) ->
+    (out, batch_stats)``: the forward pass in training mode (normalising with the statistics
+    of the batch's real examples, ``mask``) and the updated running statistics. ``apply``
+    with ``train=False`` normalises with the running statistics; local training replaces the
+    ``batch_stats`` leaves after each step instead of descending on them.
     """
 
     init: Callable[..., PyTree]
     apply: Callable[..., jax.Array]
     name: str = "model"
+    apply_train: Callable[..., tuple[jax.Array, PyTree]] | None = None
 
 
 def from_linen(module: nn.Module, name: str | None = None) -> Model:
@@ -40,6 +48,29 @@ def from_linen(module: nn.Module, name: str | None = None) -> Model:
         return module.apply({"params": params}, x)
 
     return Model(init, apply, name or type(module).__name__.lower())
+
+
+def from_linen_bn(module: nn.Module, name: str) -> Model:
+    """Wraps a Flax linen module whose ``__call__(x, train, mask)`` uses ``nn.BatchNorm``:
+    params ``{"params", "batch_stats"}`` and :attr:`Model.apply_train`."""
+
+    def init(key, sample):
+        v = module.init(key, jnp.asarray(sample), train=False)
+        return {"params": v["params"], "batch_stats": v["batch_stats"]}
+
+    def apply(params, x, *, train: bool = False, key=None):
+        del key
+        if train:  # batch statistics, running averages left as they are
+            out, _ = module.apply(params, x, train=True, mutable=["batch_stats"])
+            return out
+        return module.apply(params, x, train=False)
+
+    def apply_train(params, x, mask=None, key=None):
+        del key
+        out, new = module.apply(params, x, train=True, mask=mask, mutable=["batch_stats"])
+        return out, new["batch_stats"]
+
+    return Model(init, apply, name, apply_train)
 
 
 INITS = ("lecun", "torch")
@@ -99,6 +130,45 @@ class _CNN(nn.Module):
         return nn.Dense(self.num_classes)(x)
 
 
+class _MLPBN(nn.Module):
+    num_classes: int
+    hidden: Sequence[int]
+    activation: str
+    momentum: float = 0.9
+
+    @nn.compact
+    def __call__(self, x, train: bool = False, mask=None):
+        x = x.reshape((x.shape[0], -1))
+        m = None if mask is None else mask[:, None]
+        for width in self.hidden:
+            x = nn.Dense(width)(x)
+            x = nn.BatchNorm(use_running_average=not train, momentum=self.momentum)(x, mask=m)
+            x = ACTIVATIONS[self.activation](x)
+        return nn.Dense(self.num_classes)(x)
+
+
+class _CNNBN(nn.Module):
+    num_classes: int
+    features: Sequence[int]
+    dense: int
+    momentum: float = 0.9
+
+    @nn.compact
+    def __call__(self, x, train: bool = False, mask=None):
+        if x.ndim == 3:
+            x = x[..., None]
+        for f in self.features:
+            x = nn.Conv(f, (3, 3))(x)
+            m = None if mask is None else jnp.broadcast_to(mask[:, None, None, None], x.shape)
+            x = nn.BatchNorm(use_running_average=not train, momentum=self.momentum)(x, mask=m)
+            x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
+        x = x.reshape((x.shape[0], -1))
+        x = nn.Dense(self.dense)(x)
+        m = None if mask is None else mask[:, None]
+        x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=self.momentum)(x, mask=m))
+        return nn.Dense(self.num_classes)(x)
+
+
 def _check_classes(num_classes):
     if num_classes is None or int(num_classes) < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
@@ -146,7 +216,50 @@ def cnn(num_classes: int, features: Sequence[int] = (32, 64), dense: int = 128) 
     )
 
 
-_REGISTRY: dict[str, Callable[..., Model]] = {"logistic": logistic, "mlp": mlp, "cnn": cnn}
+def _check_momentum(momentum):
+    if not 0 <= momentum < 1:
+        raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+    return float(momentum)
+
+
+def mlp_bn(
+    num_classes: int,
+    hidden: Sequence[int] = (64, 64),
+    activation: str = "relu",
+    momentum: float = 0.9,
+) -> Model:
+    """MLP with batch norm after every hidden dense layer (dense, BN, activation); running
+    statistics with ``momentum``. The FedBN model for tabular data (Li et al. 2021, ICLR)."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation={activation!r} is not one of {sorted(ACTIVATIONS)}")
+    if any(int(h) < 1 for h in hidden):
+        raise ValueError(f"hidden widths must be positive, got {hidden}")
+    module = _MLPBN(
+        _check_classes(num_classes), tuple(int(h) for h in hidden), activation,
+        _check_momentum(momentum),
+    )  # fmt: skip
+    return from_linen_bn(module, "mlp_bn")
+
+
+def cnn_bn(
+    num_classes: int, features: Sequence[int] = (32, 64), dense: int = 128, momentum: float = 0.9
+) -> Model:
+    """:func:`cnn` with batch norm after every convolution and the hidden dense layer (the
+    FedBN paper's image models put BN after each conv / fc layer)."""
+    module = _CNNBN(
+        _check_classes(num_classes), tuple(int(f) for f in features), int(dense),
+        _check_momentum(momentum),
+    )  # fmt: skip
+    return from_linen_bn(module, "cnn_bn")
+
+
+_REGISTRY: dict[str, Callable[..., Model]] = {
+    "logistic": logistic,
+    "mlp": mlp,
+    "cnn": cnn,
+    "mlp_bn": mlp_bn,
+    "cnn_bn": cnn_bn,
+}
 
 
 def names() -> list[str]:
