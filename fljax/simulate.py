@@ -163,10 +163,21 @@ class SimulationResult:
     def final_metrics(self) -> dict:
         return self.history[-1]["metrics"]
 
+    personal: Any = None  # the algorithm's Personal hooks (personalized algorithms)
+
     @property
     def client_params(self) -> PyTree:
-        """Each client's own model ``[C, ...]`` (local-only training)."""
-        return self.state.client_states
+        """Each client's own model ``[C, ...]``: local-only training's, or a personalized
+        algorithm's assembled personalized models."""
+        return client_models(self.state, self.personal)
+
+
+def client_models(state: ServerState, personal=None) -> PyTree:
+    """Every client's own model stacked ``[C, ...]`` from ``state``: its personalized model
+    (``personal.model(global, client_state)``) or, without ``personal``, its local model."""
+    if personal is None:
+        return state.client_states
+    return jax.vmap(personal.model, in_axes=(None, 0))(state.params, state.client_states)
 
 
 def _tree_take(tree, ids):
@@ -236,6 +247,8 @@ def init_state(algorithm: Algorithm, params: PyTree, num_clients: int) -> Server
     client_states = ()
     if algorithm.mode == "local":
         client_states = _stack(params, num_clients)  # every client starts from the same model
+    elif algorithm.personal is not None:
+        client_states = _stack(algorithm.personal.init(params), num_clients)
     elif algorithm.client_state_init is not None:
         client_states = _stack(algorithm.client_state_init(params), num_clients)
     algorithm_state = (
@@ -1091,8 +1104,9 @@ def simulate(
     if mesh is not None:  # data and server state replicated; per-round client work split
         state, train, test = jax.device_put((state, train, test), replicated(mesh))
 
-    per_client = mode == "local"
-    eval_params = (lambda st: st.client_states) if per_client else (lambda st: st.params)
+    personal = algorithm.personal
+    per_client = mode == "local" or personal is not None
+    eval_params = (lambda st: client_models(st, personal)) if per_client else (lambda st: st.params)
     compile_s = 0.0
     t0 = time.perf_counter()
     evaluate = (
@@ -1114,6 +1128,15 @@ def simulate(
             .compile()
         )
         compile_s += time.perf_counter() - t0
+    evaluate_global = None
+    if personal is not None and personal.reports_global:  # Ditto, APFL: the global model too
+        t0 = time.perf_counter()
+        evaluate_global = (
+            jax.jit(evaluate_fn(model, data.task, False, data.metrics, data.loss_options))
+            .lower(state.params, *test)
+            .compile()
+        )
+        compile_s += time.perf_counter() - t0
     compiled_blocks: dict[int, Any] = {}
 
     # Bytes on the wire per client and round (dense float32 encoding of every message).
@@ -1125,6 +1148,13 @@ def simulate(
         if compression is not None:
             sent = compression.bits(params) // 32
         secagg_bytes = message_bytes(secure_aggregation, sent, width)
+    if personal is not None:  # private leaves never leave the client, in either direction
+        sent_leaves = personal.shared(params)
+        model_bytes = sum(
+            int(jnp.size(p)) * jnp.dtype(p.dtype).itemsize
+            for p, shared in zip(jax.tree.leaves(params), sent_leaves, strict=True)
+            if shared
+        )
     if mode in ("federated", "async"):
         delta_bytes = model_bytes
         if compression is not None:
@@ -1185,6 +1215,14 @@ def simulate(
                 for suffix, v in summarize(values, counts, HIGHER_IS_BETTER[name]).items():
                     metrics[f"{prefix}_{name}{suffix}"] = v
         metrics["local_loss"] = float(np.mean(train_losses)) if train_losses is not None else None
+        global_metrics = None
+        if evaluate_global is not None:
+            global_metrics = {}
+            for name, values in jax.device_get(evaluate_global(st.params, *test)).items():
+                values = np.asarray(values, np.float64)
+                client_metrics[f"global_test_{name}"] = _json_list(values)
+                for suffix, v in summarize(values, test_counts, HIGHER_IS_BETTER[name]).items():
+                    global_metrics[f"test_{name}{suffix}"] = v
         client_metrics["num_test_examples"] = test_counts.tolist()
         client_metrics["participation"] = participation.tolist()
         entry = {
@@ -1194,6 +1232,8 @@ def simulate(
             "bytes_up": int(totals["up"]),
             "bytes_down": int(totals["down"]),
         }
+        if global_metrics is not None:
+            entry["global_metrics"] = global_metrics
         if compression is not None:
             entry["compression_ratio"] = 8 * model_bytes / compression.bits(params)
         if system is not None:
@@ -1343,6 +1383,7 @@ def simulate(
         selected=_stack_rounds(selected, width, np.int32),
         contributed=_stack_rounds(contributed, width, bool),
         num_steps=_stack_rounds(num_steps, width, np.int32),
+        personal=personal,
     )
 
 
@@ -1377,6 +1418,7 @@ def _client_update_for(algorithm: Algorithm, model: Model, data: FederatedData, 
         data.loss_options,
         None if privacy is None or privacy.privacy.level != "record"
         else privacy.dp_sgd(plan.batch_size),
+        algorithm.personal,
     )  # fmt: skip
     return plan, update
 

@@ -259,6 +259,9 @@ def test_contract_every_algorithm(tiny, name):
     if name in ("fedbuff", "fedasync"):  # asynchronous: profiles decide who finishes first
         kw = dict(concurrency=3) | (dict(buffer_size=2) if name == "fedbuff" else {})
         extra = dict(system=fljax.system.system(fljax.system.profiles(fed.num_clients, "hospital")))
+    if name in ("fedbn", "fedper", "fedrep"):  # a body, a head and batch norm to partition
+        model = fljax.models.get("mlp_bn", num_classes=fed.num_classes, hidden=(4,))
+        params0 = model.init(jax.random.key(0), fed.sample())
     algo = fljax.algorithms.get(name, client_lr=0.1, batch_size=2, **kw)
     res = fljax.simulate(
         algo, model, fed, rounds=3, clients_per_round=3, eval_every=3, params=params0, **extra

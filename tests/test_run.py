@@ -174,12 +174,16 @@ def test_one_command_sweeps_every_algorithm(tmp_path):
     algos = sorted(p.stem for p in (Path(CONF_DIR) / "algorithm").glob("*.yaml"))
     assert set(algos) == set(fljax.algorithms.names())
     asynchronous = ["fedasync", "fedbuff"]  # these need a system model (the clock)
-    common = ["rounds=2", "eval_every=2", "clients_per_round=4", "model=logistic",
-              "progress=false", "checkpoint=false"]  # fmt: skip
-    sync = [a for a in algos if a not in asynchronous]
-    fljax_run("-m", f"algorithm={','.join(sync)}", *common, f"hydra.sweep.dir={tmp_path}/s")
-    fljax_run("-m", f"algorithm={','.join(asynchronous)}", "system=hospital", *common,
-              f"hydra.sweep.dir={tmp_path}/a")  # fmt: skip
+    partitioned = ["fedbn", "fedper", "fedrep"]  # these need a body, a head and batch norm
+    common = ["rounds=2", "eval_every=2", "clients_per_round=4", "progress=false",
+              "checkpoint=false"]  # fmt: skip
+    sync = [a for a in algos if a not in asynchronous + partitioned]
+    fljax_run("-m", f"algorithm={','.join(sync)}", "model=logistic", *common,
+              f"hydra.sweep.dir={tmp_path}/s")  # fmt: skip
+    fljax_run("-m", f"algorithm={','.join(asynchronous)}", "system=hospital", "model=logistic",
+              *common, f"hydra.sweep.dir={tmp_path}/a")  # fmt: skip
+    fljax_run("-m", f"algorithm={','.join(partitioned)}", "model=mlp_bn", "model.hidden=[8]",
+              *common, f"hydra.sweep.dir={tmp_path}/p")  # fmt: skip
     summaries = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*/*/summary.json"))]
     assert sorted(s["algorithm"] for s in summaries) == algos
     assert all(s["status"] == "finished" for s in summaries)

@@ -17,6 +17,39 @@ WEIGHTINGS = ("num_examples", "uniform")
 MODES = ("federated", "cyclic", "centralized", "local", "async")
 
 
+class Personal(NamedTuple):
+    """How a personalized algorithm trains and keeps each client's own parameters (hooks on
+    ONE client; the engine vmaps them).
+
+    Attributes:
+        name: ``"partition"`` (FedPer / FedRep / FedBN), ``"ditto"`` or ``"apfl"``.
+        init: ``params -> state`` of one client (persisted, stacked ``[C, ...]``).
+        start: ``(global_params, state) -> z``: the variable local training starts from.
+        loss: ``(z, f, global_params) -> (objective, reported_loss)`` with ``f(params)`` the
+            batch data loss; ``None``: ``z`` is a model and the objective is ``f(z)``.
+        finish: ``(z, global_params, state) -> (model, state)``: the model whose delta from
+            the global one is sent, and the client's new state.
+        model: ``(global_params, state) -> params``: the client's personalized model.
+        shared: ``params -> [bool]`` per leaf: sent over the wire (bytes are counted for
+            these only).
+        trainable: ``(z, t, steps) -> tree like z of 0.0 / 1.0``: leaves trained at local step
+            ``t`` of ``steps`` (FedRep's alternation), or ``None`` (all).
+        project: ``(z, global_params) -> z`` after every local step, or ``None``.
+        reports_global: the global model is itself a model worth evaluating (Ditto, APFL).
+    """
+
+    name: str
+    init: Callable
+    start: Callable
+    loss: Callable | None
+    finish: Callable
+    model: Callable
+    shared: Callable
+    trainable: Callable | None = None
+    project: Callable | None = None
+    reports_global: bool = False
+
+
 class Algorithm(NamedTuple):
     """The parts of a federated algorithm, composed by :func:`fljax.simulate`.
 
@@ -48,6 +81,7 @@ class Algorithm(NamedTuple):
             hparams ``buffer_size``, ``concurrency``, ``max_staleness``,
             ``staleness_exponent``, ``mixing``).
         hparams: the hyperparameters the algorithm was built with (for logs and tables).
+        personal: :class:`Personal` hooks of a personalized algorithm, or ``None``.
     """
 
     name: str
@@ -66,6 +100,7 @@ class Algorithm(NamedTuple):
     server_finalize: Callable | None = None
     mode: str = "federated"
     hparams: dict = {}
+    personal: Personal | None = None
 
 
 def _positive(name: str, value, *, integer: bool = False, allow_none: bool = False):

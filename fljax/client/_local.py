@@ -236,6 +236,7 @@ def make_client_update(
     finalize: Callable[[ClientContext], tuple[PyTree, PyTree]] | None = None,
     loss_options: dict | None = None,
     dp_sgd: DPSGD | None = None,
+    personal: Any | None = None,
 ):
     """Builds the local update of ONE client; the round lifts it with ``jax.vmap``.
 
@@ -251,22 +252,53 @@ def make_client_update(
     Poisson-sampled, per-example clipped and noised sum over the client's records (per-example
     gradients by ``vmap(grad)`` over all ``N`` padded records, masked; exact Poisson sampling,
     no cap); the regularizer's gradient, which reads no data, is added unclipped.
+
+    With ``personal`` (:class:`fljax.algorithms.Personal`) the client trains the variable
+    ``z = personal.start(global_params, client_state)`` (its assembled model, or the pair of
+    global and personal models) on ``personal.loss`` (the data loss of ``z`` when ``None``),
+    only the leaves ``personal.trainable(z, t, steps)`` marks at step ``t``, then
+    ``personal.project(z, global_params)``; afterwards ``personal.finish`` gives the model
+    whose delta is sent and the new client state.
+
+    Models with batch statistics (``model.apply_train``) train in batch-statistics mode and
+    their ``batch_stats`` leaves are replaced by the updated running averages after each step.
     """
     loss_fn = batch_loss_fn(task, **(loss_options or {}))
+    stateful = model.apply_train is not None
+    custom_loss = personal is not None and personal.loss is not None
     if dp_sgd is not None and task == "survival":
         raise ValueError(
             "dp_sgd needs a per-example loss; the Cox partial likelihood of task='survival' "
             "couples the records of a batch"
+        )
+    if dp_sgd is not None and (stateful or personal is not None):
+        raise ValueError(
+            "dp_sgd needs per-example gradients of one model: it does not compose with batch "
+            "norm (the statistics couple a batch's records) or with personalized algorithms"
+        )
+    if stateful and custom_loss:
+        raise ValueError(
+            f"personalized algorithm {personal.name!r} trains two models per client and does "
+            f"not support models with batch statistics ({model.name!r}); use a model without "
+            "batch norm, or FedBN / FedPer / FedRep"
         )
 
     def data_loss(params, xb, yb, mb, key):
         return loss_fn(model.apply(params, xb, train=True, key=key), yb, mb)
 
     def batch_loss(params, xb, yb, mb, key, global_params, client_state, server_state):
-        data = data_loss(params, xb, yb, mb, key)
-        if regularizer is None:
-            return data, data
-        return data + regularizer(params, global_params, client_state, server_state), data
+        stats = ()
+        if stateful:
+            out, stats = model.apply_train(params, xb, mb, key)
+            total = data = loss_fn(out, yb, mb)
+        elif custom_loss:
+            f = lambda p: data_loss(p, xb, yb, mb, key)  # noqa: E731
+            total, data = personal.loss(params, f, global_params)
+        else:
+            total = data = data_loss(params, xb, yb, mb, key)
+        if regularizer is not None:
+            total = total + regularizer(params, global_params, client_state, server_state)
+        return total, (data, stats)
 
     grad_fn = jax.grad(batch_loss, has_aux=True)
 
@@ -304,7 +336,10 @@ def make_client_update(
         steps = num_local_steps(n, plan)
         if budget is not None:
             steps = jnp.minimum(steps, budget).astype(jnp.int32)
-        opt_state = optimizer.init(global_params)
+        start = global_params
+        if personal is not None:
+            start = personal.start(global_params, client_state)
+        opt_state = optimizer.init(start)
 
         def step(carry, inputs):
             params, opt_state, loss_sum = carry
@@ -329,22 +364,34 @@ def make_client_update(
                     xb, yb = x, y
                 else:
                     xb, yb = x[idx_t], y[idx_t]
-                grads, loss = grad_fn(
+                grads, (loss, stats) = grad_fn(
                     params, xb, yb, mask_t, k_t, global_params, client_state, server_state
                 )
+            frozen = None
+            if personal is not None and personal.trainable is not None:
+                frozen = personal.trainable(params, t, steps)  # 1.0: trained at step t, 0.0: frozen
+                grads = jax.tree.map(lambda g, m: g * m, grads, frozen)
             updates, new_opt_state = optimizer.update(grads, opt_state, params)
+            if frozen is not None:
+                updates = jax.tree.map(lambda u, m: u * m, updates, frozen)
             new_params = optax.apply_updates(params, updates)
+            if stateful:  # running statistics follow the batch, not the gradient
+                new_params = {**new_params, "batch_stats": stats}
+            if personal is not None and personal.project is not None:
+                new_params = personal.project(new_params, global_params)
             active = t < steps
             keep = lambda new, old: jnp.where(active, new, old)  # noqa: E731
             params = jax.tree.map(keep, new_params, params)
             opt_state = jax.tree.map(keep, new_opt_state, opt_state)
             return (params, opt_state, loss_sum + jnp.where(active, loss, 0.0)), None
 
-        init = (global_params, opt_state, jnp.zeros((), jnp.float32))
+        init = (start, opt_state, jnp.zeros((), jnp.float32))
         (params, _, loss_sum), _ = jax.lax.scan(step, init, (jnp.arange(plan.max_steps), idx, mask))
+        new_state, upload = client_state, ()
+        if personal is not None:
+            params, new_state = personal.finish(params, global_params, client_state)
         delta = jax.tree.map(jnp.subtract, params, global_params)
         train_loss = loss_sum / jnp.maximum(steps, 1).astype(jnp.float32)
-        new_state, upload = client_state, ()
         if finalize is not None:
             full_mask = jnp.arange(n_max) < n
 

@@ -36,6 +36,12 @@ def finetune(
 
     if not isinstance(algorithm, Algorithm):
         raise ValueError(f"algorithm must be an fljax Algorithm, got {type(algorithm).__name__}")
+    if algorithm.personal is not None:
+        raise ValueError(
+            f"finetune takes a plain algorithm's local work (e.g. 'local'), not the "
+            f"personalized algorithm {algorithm.name!r}: its clients' models are "
+            "SimulationResult.client_params"
+        )
     spec = ClientData(*(np.asarray(a) for a in data.train))
     _, update = _client_update_for(algorithm, model, data, spec)
     keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(
