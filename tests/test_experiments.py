@@ -133,3 +133,14 @@ def test_time_to_accuracy_smoke(tmp_path):
     wait, drop = settings["FedAvg (wait for all)"], settings["FedAvg, deadline, drop"]
     assert drop["sim_hours"] <= wait["sim_hours"]  # a deadline never lengthens a round
     assert (tmp_path / "time_to_accuracy.png").exists()
+
+
+def test_personalization_smoke(tmp_path):
+    figures = _run_script(
+        ["experiments/personalization.py", "--seeds", "1", "--clients", "4", "--rounds", "2",
+         "--hidden", "8"],
+        tmp_path,
+    )  # fmt: skip
+    settings = figures["settings"]
+    assert len(settings) == 9 and settings["FedAvg"]["sites_above_fedavg"] == 0
+    assert all(0 <= s["worst_auroc"] <= s["mean_auroc"] <= 1 for s in settings.values())

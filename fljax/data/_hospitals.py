@@ -25,6 +25,7 @@ def synthetic_hospitals(
     label_noise: float = 0.05,
     signal: float = 2.0,
     test_fraction: float = 0.2,
+    feature_shift: float = 0.0,
     seed: int = 0,
     metrics: Sequence[str] = ("accuracy", "auroc", "auprc", "balanced_accuracy"),
 ) -> FederatedData:
@@ -45,7 +46,12 @@ def synthetic_hospitals(
       highest latent risk :math:`r = \text{signal} \cdot x^\top w / \sqrt{d} + \text{Logistic}`
       (:math:`w \sim N(0, I)`), so features predict disease everywhere;
     - **label noise**: each label flipped with a site rate :math:`\sim U(0, \text{label\_noise})`
-      (coding errors differ between hospitals).
+      (coding errors differ between hospitals);
+    - **feature shift** (measurement, not population): after the outcome is drawn, the site
+      records :math:`\tilde x = a_s \odot x + b_s` with :math:`\log a_s, b_s \sim
+      N(0, \text{feature\_shift}^2 I)` (assay units, calibration, scanner settings), so the
+      same patient looks different at each site; the FedBN setting. Drawn from a second
+      stream, so ``feature_shift=0`` gives the same federation as before it existed.
 
     Each site is split at random into train and test (``test_fraction``). The embedded default
     for large simulations: ``num_clients`` may be in the tens of thousands.
@@ -58,6 +64,8 @@ def synthetic_hospitals(
         raise ValueError(f"label_noise must be in [0, 0.5), got {label_noise}")
     if not 0 <= test_fraction < 1:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    if not 0 <= feature_shift < 10:
+        raise ValueError(f"feature_shift must be in [0, 10), got {feature_shift}")
     for name, v in (("mean_size", mean_size), ("size_sigma", size_sigma)):
         if not v > 0:
             raise ValueError(f"{name} must be > 0, got {v}")
@@ -72,6 +80,9 @@ def synthetic_hospitals(
     logit = math.log(prevalence / (1 - prevalence))
     p_site = 1 / (1 + np.exp(-(logit + rng.normal(0, prevalence_sd, num_clients))))
     flip = rng.uniform(0, label_noise, num_clients)
+    shift_rng = np.random.default_rng([seed, 1])
+    log_a = shift_rng.normal(0, feature_shift, (num_clients, d))
+    b = shift_rng.normal(0, feature_shift, (num_clients, d))
     train_xs, train_ys, test_xs, test_ys = [], [], [], []
     for s in range(num_clients):
         n = int(sizes[s])
@@ -83,6 +94,8 @@ def synthetic_hospitals(
         y = np.zeros(n, np.int32)
         y[np.argsort(-risk)[:cases]] = 1
         y = np.where(rng.random(n) < flip[s], 1 - y, y).astype(np.int32)
+        if feature_shift > 0:
+            x = np.exp(log_a[s]) * x + b[s]
         perm = rng.permutation(n)
         n_test = int(math.floor(test_fraction * n))
         test_xs.append(x[perm[:n_test]])
@@ -105,6 +118,7 @@ def synthetic_hospitals(
             covariate_shift=covariate_shift,
             scale_shift=scale_shift,
             label_noise=label_noise,
+            feature_shift=feature_shift,
             site_prevalence=p_site.round(4).tolist(),
             site_label_noise=flip.round(4).tolist(),
         ),
