@@ -21,6 +21,7 @@ from fljax._io import load_run as load_run
 from fljax.simulate import NonFiniteUpdateError as NonFiniteUpdateError
 from fljax.simulate import ServerState as ServerState
 from fljax.simulate import SimulationResult as SimulationResult
+from fljax.simulate import auto_client_chunk as auto_client_chunk
 from fljax.simulate import simulate as simulate
 
 __version__ = "0.1.0"
@@ -33,6 +34,7 @@ __all__ = [
     "SimulationResult",
     "Transform",
     "aggregate",
+    "auto_client_chunk",
     "algorithms",
     "chain",
     "client",

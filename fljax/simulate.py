@@ -9,6 +9,7 @@ compiled once, so no Python loop touches clients or local steps.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -22,7 +23,7 @@ import optax
 from fljax._base import chain
 from fljax._devices import client_mesh, client_sharding, replicated
 from fljax._io import load_state, save_state
-from fljax.algorithms import Algorithm
+from fljax.algorithms import Algorithm, rebuild
 from fljax.client import (
     batch_loss_fn,
     evaluate_fn,
@@ -293,8 +294,12 @@ def build_round(
     privacy: PrivacyPlan | None = None,
     system: SystemModel | None = None,
     wire_bytes: tuple[float, float] = (0.0, 0.0),
+    client_chunk: int | None = None,
 ) -> Callable[[ServerState, jax.Array, ClientData], tuple[ServerState, RoundMetrics]]:
     """Builds the pure round ``(state, round_key, train) -> (state, RoundMetrics)``.
+
+    ``client_chunk``: the selected clients train ``client_chunk`` at a time (``lax.map`` over
+    ``vmap``ped chunks), so local training holds one chunk's activations at once.
 
     With a ``mesh``, the selected clients' data and local training are split over its
     ``clients`` axis (each device trains ``K / D`` clients); the aggregate's sum over clients
@@ -313,6 +318,15 @@ def build_round(
     if isinstance(algorithm.local_steps, tuple):
         steps_per_client = jnp.asarray(algorithm.local_steps, jnp.int32)
     fold = jax.vmap(jax.random.fold_in, in_axes=(None, 0))
+
+    def map_clients(fn, *per_client):
+        """``fn`` over the leading (client) axis of ``per_client``: one ``vmap``, or
+        ``lax.map`` over chunks of ``client_chunk`` clients (each chunk ``vmap``ped)."""
+        k = jax.tree.leaves(per_client)[0].shape[0]
+        if client_chunk is None or client_chunk >= k:
+            return jax.vmap(fn)(*per_client)
+        return jax.lax.map(lambda a: fn(*a), per_client, batch_size=client_chunk)
+
     if system is not None:
         prof = jax.tree.map(jnp.asarray, system.profiles)
         up_bytes, down_bytes = wire_bytes
@@ -454,15 +468,12 @@ def build_round(
             batch, client_keys, client_states, budget = jax.lax.with_sharding_constraint(
                 (batch, client_keys, client_states, budget), client_sharding(mesh)
             )
-        out = jax.vmap(client_update, in_axes=(None, 0, 0, 0, 0, 0, None, 0), axis_name="clients")(
-            start,
-            batch.x,
-            batch.y,
-            batch.num_examples,
-            client_keys,
-            client_states,
-            state.algorithm_state,
-            budget,
+
+        def train_client(x, y, n, k, cs, b):
+            return client_update(start, x, y, n, k, cs, state.algorithm_state, b)
+
+        out = map_clients(
+            train_client, batch.x, batch.y, batch.num_examples, client_keys, client_states, budget
         )
 
         def transform(delta, t_state, t_key):
@@ -582,9 +593,7 @@ def build_round(
             batch, client_keys, start = jax.lax.with_sharding_constraint(
                 (batch, client_keys, start), client_sharding(mesh)
             )
-        out = jax.vmap(client_update, in_axes=(0, 0, 0, 0, 0))(
-            start, batch.x, batch.y, batch.num_examples, client_keys
-        )
+        out = map_clients(client_update, start, batch.x, batch.y, batch.num_examples, client_keys)
         new_params = jax.tree.map(jnp.add, start, out.delta)
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(new_params)]))
         n = batch.num_examples.astype(jnp.float32)
@@ -941,7 +950,10 @@ def simulate(
     devices: Sequence[jax.Device] | None = None,
     callbacks: Sequence[Callable[[dict], None]] = (),
     progress: bool = False,
-) -> SimulationResult:
+    seeds: Sequence[int] | None = None,
+    sweep: dict[str, Sequence[float]] | None = None,
+    client_chunk: int | None = None,
+) -> SimulationResult | list[SimulationResult]:
     r"""Runs ``rounds`` rounds of ``algorithm`` on ``data`` and evaluates every ``eval_every``.
 
     Args:
@@ -1009,9 +1021,26 @@ def simulate(
         callbacks: called with each history entry as soon as it exists (e.g. to write
             ``metrics.jsonl`` so that nothing computed is lost).
         progress: show a tqdm progress bar.
+        seeds: run one independent simulation per seed as ONE compiled program (the rounds
+            ``vmap``ped over a leading seed axis of the state and the keys); each run equals
+            ``simulate(..., seed=s)`` (up to the last bits where XLA batches arithmetic
+            differently). Returns a list of results in the order of ``seeds``; callbacks see
+            every run's entries, each with its ``seed``. Runs on one device (the seed axis
+            is the batch); not with ``checkpoint_dir``.
+        sweep: float hyperparameters of the algorithm to vary inside the same program,
+            ``{"client_lr": [0.01, 0.03, 0.1]}`` (lists of equal length, zipped): one run per
+            value and seed (seed-major order), each equal to the run with
+            ``fljax.algorithms.rebuild(algorithm, client_lr=v)``; entries carry ``sweep``.
+            Hyperparameters that fix shapes or Python control flow (epochs, batch size,
+            names) cannot vary in one program and are refused; so are ``privacy`` and
+            ``secure_aggregation``, whose plans are built per algorithm.
+        client_chunk: train the selected clients in chunks of this many (``lax.map`` over
+            ``vmap``ped chunks), bounding the memory of local training to one chunk's
+            activations; the same result as one ``vmap`` over all of them. ``None``: all at
+            once. :func:`auto_client_chunk` derives it from a memory budget.
 
     Returns:
-        A :class:`SimulationResult`.
+        A :class:`SimulationResult` (a list of them with ``seeds``).
 
     Raises:
         ValueError: bad arguments, before anything is compiled.
@@ -1030,6 +1059,27 @@ def simulate(
         straggler_policy,
     )
     mode = algorithm.mode
+    multi = seeds is not None
+    if multi:
+        if isinstance(seeds, str | bytes) or not len(seeds):
+            raise ValueError(f"seeds must be a non-empty list of integers, got {seeds!r}")
+        for s_ in seeds:
+            if isinstance(s_, bool) or not isinstance(s_, int | np.integer) or s_ < 0:
+                raise ValueError(f"seeds must hold non-negative integers, got {s_!r}")
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds must be distinct, got {list(seeds)}")
+        if checkpoint_dir is not None or resume:
+            raise ValueError("checkpoint_dir / resume are for one run; leave them unset with seeds")
+    run_seeds = [int(seed)] if not multi else [int(s_) for s_ in seeds]
+    sweep_values = _check_sweep(sweep, algorithm, privacy, secure_aggregation, checkpoint_dir)
+    user_algorithm = algorithm
+    runs = [(s_, i) for s_ in run_seeds for i in range(max(1, len(sweep_values)))]
+    if sweep_values:
+        multi = True
+    if client_chunk is not None and (
+        isinstance(client_chunk, bool) or not isinstance(client_chunk, int) or client_chunk < 1
+    ):
+        raise ValueError(f"client_chunk must be a positive integer or None, got {client_chunk!r}")
     if compression is not None:
         if not isinstance(compression, Compressor):
             raise ValueError(f"compression must be a fljax Compressor, got {compression!r}")
@@ -1068,7 +1118,8 @@ def simulate(
         width = poisson_cap(data.num_clients, clients_per_round)
     width = width or clients_per_round  # the vmapped cohort
     t_start = time.perf_counter()
-    root = jax.random.key(int(seed))
+    given_params = params
+    root = jax.random.key(run_seeds[0])
     k_init, k_rounds = jax.random.split(root)
     if params is None:
         params = model.init(k_init, data.sample())
@@ -1093,14 +1144,21 @@ def simulate(
         straggle = Stragglers(count, straggler_policy)
     spec = _train_spec(data, algorithm)
     num_train_clients = spec.x.shape[0]
-    state = init_state(algorithm, params, num_train_clients)
-    if downlink is not None:
-        state = state._replace(broadcast=params, downlink_state=downlink.transform.init(params))
-    if mode == "cyclic":  # the key of the cycle orders persists across rounds
-        state = state._replace(algorithm_state=jax.random.fold_in(root, 2))
+
+    def fresh_state(run_root, run_params):
+        st = init_state(algorithm, run_params, num_train_clients)
+        if downlink is not None:
+            down = downlink.transform.init(run_params)
+            st = st._replace(broadcast=run_params, downlink_state=down)
+        if mode == "cyclic":  # the key of the cycle orders persists across rounds
+            st = st._replace(algorithm_state=jax.random.fold_in(run_root, 2))
+        return st
+
+    state = fresh_state(root, params)
     train = ClientData(*(jnp.asarray(a) for a in spec))
     test = ClientData(*(jnp.asarray(a) for a in data.test))
-    mesh = None if mode in ("cyclic", "centralized", "async") else client_mesh(width, devices)
+    serial = ("cyclic", "centralized", "async")
+    mesh = None if multi or mode in serial else client_mesh(width, devices)
     if mesh is not None:  # data and server state replicated; per-round client work split
         state, train, test = jax.device_put((state, train, test), replicated(mesh))
 
@@ -1173,37 +1231,64 @@ def simulate(
     wire = (float(up_each), float(down_each))
     if secagg_bytes is not None:
         wire = (float(sum(v for k, v in secagg_bytes.items() if k != "unmasking_max")), wire[1])
-    if mode == "async":
-        state = state._replace(
-            system_state=init_async(
-                algorithm, system, spec, params, wire, jax.random.fold_in(root, 3)
+
+    def with_clock(st, run_root, run_params):
+        if mode == "async":
+            return st._replace(
+                system_state=init_async(
+                    algorithm, system, spec, run_params, wire, jax.random.fold_in(run_root, 3)
+                )
             )
-        )
-    elif system is not None:
-        c = spec.x.shape[0]
-        state = state._replace(
-            system_state=SyncSystemState(
-                jnp.zeros((), jnp.float32), jnp.zeros((c,), jnp.float32), jnp.zeros((c,), jnp.int32)
-            )
-        )
-    run_block = jax.jit(
-        build_block(
-            build_round(
-                algorithm, model, data, clients_per_round, mesh, straggle, downlink, dp_plan,
-                system, wire,
-            )
+        if system is not None:
+            c = spec.x.shape[0]
+            zeros = (jnp.zeros((), jnp.float32), jnp.zeros((c,), jnp.float32),
+                     jnp.zeros((c,), jnp.int32))  # fmt: skip
+            return st._replace(system_state=SyncSystemState(*zeros))
+        return st
+
+    state = with_clock(state, root, params)
+    block = build_block(
+        build_round(
+            algorithm, model, data, clients_per_round, mesh, straggle, downlink, dp_plan,
+            system, wire, client_chunk,
         )
     )  # fmt: skip
-    test_counts = np.asarray(data.test.num_examples)
-    participation = np.zeros(data.num_clients, np.int64)
-    history: list[dict] = []
-    selected, contributed, num_steps = [], [], []
-    totals = {"up": 0, "down": 0, "async_updates": 0, "async_discarded": 0,
-              "async_staleness": 0, "async_staleness_max": 0,
-              "secagg": dict.fromkeys(("prg_client", "prg_server", "recovered_pairs",
-                                       "recovery_messages", "dropped"), 0)}  # fmt: skip
+    if multi:  # every run from its own seed: init, selection, batches; one vmapped program
+        starts = []
+        for s_, _ in runs:
+            r_root = jax.random.key(s_)
+            r_init, r_rounds = jax.random.split(r_root)
+            r_params = params if given_params is not None else model.init(r_init, data.sample())
+            starts.append((with_clock(fresh_state(r_root, r_params), r_root, r_params), r_rounds))
+        state = jax.tree.map(lambda *a: jnp.stack(a), *[st for st, _ in starts])
+        k_rounds = jnp.stack([k for _, k in starts])
+        if not sweep_values:
+            block = jax.vmap(block, in_axes=(0, 0, None, None))
+        else:  # the algorithm is rebuilt inside the trace from each run's values
+            hp = {k: jnp.asarray([v[i] for _, i in runs], jnp.float32)
+                  for k, v in sweep_values.items()}  # fmt: skip
 
-    def record(round_idx: int, st, train_losses) -> dict:
+            def block_for(values, st, key, ids, tr):
+                algo = rebuild(user_algorithm, **values)
+                if compression is not None:
+                    algo = algo._replace(
+                        client_transform=chain(algo.client_transform, compression.transform)
+                    )
+                run_round = build_round(
+                    algo, model, data, clients_per_round, None, straggle, downlink, None,
+                    system, wire, client_chunk,
+                )  # fmt: skip
+                return build_block(run_round)(st, key, ids, tr)
+
+            swept = jax.vmap(block_for, in_axes=(0, 0, 0, None, None))
+            block = functools.partial(swept, hp)
+    run_block = jax.jit(block)
+    test_counts = np.asarray(data.test.num_examples)
+    logs = [
+        _RunLog(s_, data.num_clients, {k: v[i] for k, v in sweep_values.items()}) for s_, i in runs
+    ]
+
+    def record(round_idx: int, st, train_losses, log: _RunLog) -> dict:
         metrics, client_metrics = {}, {}
         splits = [("test", evaluate, test, test_counts)]
         if eval_train:
@@ -1224,13 +1309,13 @@ def simulate(
                 for suffix, v in summarize(values, test_counts, HIGHER_IS_BETTER[name]).items():
                     global_metrics[f"test_{name}{suffix}"] = v
         client_metrics["num_test_examples"] = test_counts.tolist()
-        client_metrics["participation"] = participation.tolist()
+        client_metrics["participation"] = log.participation.tolist()
         entry = {
             "round": round_idx,
             "metrics": metrics,
             "client_metrics": client_metrics,
-            "bytes_up": int(totals["up"]),
-            "bytes_down": int(totals["down"]),
+            "bytes_up": int(log.totals["up"]),
+            "bytes_down": int(log.totals["down"]),
         }
         if global_metrics is not None:
             entry["global_metrics"] = global_metrics
@@ -1239,29 +1324,33 @@ def simulate(
         if system is not None:
             entry["sim_time_s"] = float(jax.device_get(st.system_state.now))
         if mode == "async":
-            done = max(totals["async_updates"], 1)
+            done = max(log.totals["async_updates"], 1)
             entry["async"] = {
-                "updates": totals["async_updates"],
-                "discarded_stale": totals["async_discarded"],
-                "staleness_mean": totals["async_staleness"] / done,
-                "staleness_max": totals["async_staleness_max"],
+                "updates": log.totals["async_updates"],
+                "discarded_stale": log.totals["async_discarded"],
+                "staleness_mean": log.totals["async_staleness"] / done,
+                "staleness_max": log.totals["async_staleness_max"],
             }
         if secure_aggregation is not None:
             entry["secagg"] = {
                 "protocol": secure_aggregation.name,
                 "bits": secure_aggregation.bits,
                 "degree": graph_degree(secure_aggregation, width),
-                **totals["secagg"],
+                **log.totals["secagg"],
                 "bytes_per_client": secagg_bytes,
             }
         if dp_plan is not None:
-            counts = np.array([round_idx]) if mode == "centralized" else participation
+            counts = np.array([round_idx]) if mode == "centralized" else log.participation
             clip = None
             if dp_plan.privacy.adaptive is not None:
                 clip = float(jax.device_get(_adaptive_clip_norm(st.aggregator_state)))
             entry["privacy"] = dp_plan.report(round_idx, counts, clip)
             entry["epsilon"] = entry["privacy"]["epsilon"]
-        history.append(entry)
+        if multi:
+            entry["seed"] = log.seed
+        if log.sweep:
+            entry["sweep"] = log.sweep
+        log.history.append(entry)
         for cb in callbacks:
             cb(entry)
         return entry
@@ -1275,18 +1364,62 @@ def simulate(
     def checkpoint(round_idx: int) -> None:
         if checkpoint_dir is None:
             return
+        log = logs[0]  # checkpoints are refused with several seeds
         save_state(
             checkpoint_dir,
             jax.device_get(state),
             {
                 "round": round_idx,
-                "history": history,
-                "selected": [a.tolist() for a in selected],
-                "contributed": [a.tolist() for a in contributed],
-                "num_steps": [a.tolist() for a in num_steps],
-                "totals": totals,
+                "history": log.history,
+                "selected": [a.tolist() for a in log.selected],
+                "contributed": [a.tolist() for a in log.contributed],
+                "num_steps": [a.tolist() for a in log.num_steps],
+                "totals": log.totals,
             },
         )
+
+    def run_of(tree, i: int):
+        """Run ``i``'s slice of a pytree stacked over seeds (the tree itself for one run)."""
+        return jax.tree.map(lambda a: a[i], tree) if multi else tree
+
+    def absorb(log: _RunLog, metrics: RoundMetrics, start: int, length: int) -> None:
+        """Host bookkeeping of one run's block: who took part, bytes, protocol counters."""
+        if not np.all(metrics.finite):
+            bad = start + int(np.argmin(metrics.finite)) + 1
+            which = f"seed {log.seed}, " if multi else ""
+            raise NonFiniteUpdateError(
+                f"{which}round {bad}: the aggregated update is not finite (NaN or inf); lower "
+                f"the learning rates or clip updates. Metrics up to round {start} were kept."
+            )
+        ids = np.asarray(metrics.client_ids)
+        took_part = np.asarray(metrics.contributed)
+        log.selected.append(ids)
+        log.contributed.append(took_part)
+        log.num_steps.append(np.asarray(metrics.num_steps))
+        totals = log.totals
+        if mode != "centralized":
+            np.add.at(log.participation, ids[took_part], 1)
+        if secure_aggregation is None:
+            totals["up"] += int(took_part.sum()) * up_each
+        else:  # every selected client keys and shares; survivors send the masked vector
+            st = metrics.aggregator_stats
+            for name in totals["secagg"]:
+                totals["secagg"][name] += int(np.sum(st._asdict()[name]))
+            b = secagg_bytes
+            totals["up"] += (
+                int(ids.size) * (b["advertise_keys"] + b["share_keys"])
+                + int(np.sum(st.survivors)) * b["masked_input"]
+                + int(np.sum(st.recovery_messages)) * SHARE_BYTES
+            )
+        totals["down"] += int(np.sum(metrics.sampled)) * down_each + length * broadcast_round
+        if mode == "async":
+            tau = np.asarray(metrics.aggregator_stats)
+            totals["async_updates"] += int(took_part.sum())
+            totals["async_discarded"] += int((~took_part).sum())
+            totals["async_staleness"] += int(tau[took_part].sum())
+            totals["async_staleness_max"] = max(
+                totals["async_staleness_max"], int(tau.max(initial=0))
+            )
 
     restored = None
     if resume:
@@ -1295,7 +1428,8 @@ def simulate(
         restored = load_state(checkpoint_dir, jax.device_get(state))
     try:
         if restored is None:
-            record(0, state, None)
+            for i, log in enumerate(logs):
+                record(0, run_of(state, i), None, log)
             checkpoint(0)
             start = 0
         else:
@@ -1308,12 +1442,13 @@ def simulate(
             start = int(progress["round"])
             if start > rounds:
                 raise ValueError(f"the checkpoint is at round {start}, past rounds={rounds}")
-            history.extend(progress["history"])
-            selected.extend(np.asarray(a, np.int32) for a in progress["selected"])
-            contributed.extend(np.asarray(a, bool) for a in progress["contributed"])
-            num_steps.extend(np.asarray(a, np.int32) for a in progress["num_steps"])
-            totals.update(progress["totals"])
-            participation[:] = history[-1]["client_metrics"]["participation"]
+            log = logs[0]
+            log.history.extend(progress["history"])
+            log.selected.extend(np.asarray(a, np.int32) for a in progress["selected"])
+            log.contributed.extend(np.asarray(a, bool) for a in progress["contributed"])
+            log.num_steps.extend(np.asarray(a, np.int32) for a in progress["num_steps"])
+            log.totals.update(progress["totals"])
+            log.participation[:] = log.history[-1]["client_metrics"]["participation"]
             if bar is not None:
                 bar.update(start)
         while start < rounds:
@@ -1328,41 +1463,9 @@ def simulate(
                 compile_s += time.perf_counter() - t0
             state, metrics = compiled_blocks[length](state, k_rounds, round_ids, train)
             metrics = jax.device_get(metrics)
-            if not np.all(metrics.finite):
-                bad = start + int(np.argmin(metrics.finite)) + 1
-                raise NonFiniteUpdateError(
-                    f"round {bad}: the aggregated update is not finite (NaN or inf); lower the "
-                    f"learning rates or clip updates. Metrics up to round {start} were kept."
-                )
-            ids = np.asarray(metrics.client_ids)
-            took_part = np.asarray(metrics.contributed)
-            selected.append(ids)
-            contributed.append(took_part)
-            num_steps.append(np.asarray(metrics.num_steps))
-            if mode != "centralized":
-                np.add.at(participation, ids[took_part], 1)
-            if secure_aggregation is None:
-                totals["up"] += int(took_part.sum()) * up_each
-            else:  # every selected client keys and shares; survivors send the masked vector
-                st = jax.device_get(metrics.aggregator_stats)
-                for name in totals["secagg"]:
-                    totals["secagg"][name] += int(np.sum(st._asdict()[name]))
-                b = secagg_bytes
-                totals["up"] += (
-                    int(ids.size) * (b["advertise_keys"] + b["share_keys"])
-                    + int(np.sum(st.survivors)) * b["masked_input"]
-                    + int(np.sum(st.recovery_messages)) * SHARE_BYTES
-                )
-            totals["down"] += int(np.sum(metrics.sampled)) * down_each + length * broadcast_round
-            if mode == "async":
-                tau = np.asarray(metrics.aggregator_stats)
-                totals["async_updates"] += int(took_part.sum())
-                totals["async_discarded"] += int((~took_part).sum())
-                totals["async_staleness"] += int(tau[took_part].sum())
-                totals["async_staleness_max"] = max(
-                    totals["async_staleness_max"], int(tau.max(initial=0))
-                )
-            entry = record(end, state, metrics.train_loss)
+            for i, log in enumerate(logs):
+                absorb(log, run_of(metrics, i), start, length)
+                entry = record(end, run_of(state, i), run_of(metrics.train_loss, i), log)
             checkpoint(end)
             if bar is not None:
                 m = entry["metrics"]
@@ -1373,18 +1476,150 @@ def simulate(
     finally:
         if bar is not None:
             bar.close()
-    return SimulationResult(
-        params=state.params,
-        history=history,
-        state=state,
-        num_params=num_params(state.params),
-        wall_s=time.perf_counter() - t_start,
-        compile_s=compile_s,
-        selected=_stack_rounds(selected, width, np.int32),
-        contributed=_stack_rounds(contributed, width, bool),
-        num_steps=_stack_rounds(num_steps, width, np.int32),
-        personal=personal,
+    wall_s = time.perf_counter() - t_start
+    results = [
+        SimulationResult(
+            params=run_of(state, i).params,
+            history=log.history,
+            state=run_of(state, i),
+            num_params=num_params(params),
+            wall_s=wall_s,
+            compile_s=compile_s,
+            selected=_stack_rounds(log.selected, width, np.int32),
+            contributed=_stack_rounds(log.contributed, width, bool),
+            num_steps=_stack_rounds(log.num_steps, width, np.int32),
+            personal=personal,
+        )
+        for i, log in enumerate(logs)
+    ]
+    return results if multi else results[0]
+
+
+@dataclasses.dataclass
+class _RunLog:
+    """What the host keeps for one run between blocks: history, selections, counters."""
+
+    seed: int
+    num_clients: int
+    sweep: dict = dataclasses.field(default_factory=dict)  # this run's swept values
+    history: list = dataclasses.field(default_factory=list)
+    selected: list = dataclasses.field(default_factory=list)
+    contributed: list = dataclasses.field(default_factory=list)
+    num_steps: list = dataclasses.field(default_factory=list)
+    participation: np.ndarray = None
+    totals: dict = None
+
+    def __post_init__(self):
+        self.participation = np.zeros(self.num_clients, np.int64)
+        self.totals = {
+            "up": 0, "down": 0, "async_updates": 0, "async_discarded": 0,
+            "async_staleness": 0, "async_staleness_max": 0,
+            "secagg": dict.fromkeys(("prg_client", "prg_server", "recovered_pairs",
+                                     "recovery_messages", "dropped"), 0),
+        }  # fmt: skip
+
+
+def client_memory_bytes(algorithm: Algorithm, model: Model, data: FederatedData, width: int) -> int:
+    """XLA's memory estimate (arguments + outputs + temporaries) of local training for
+    ``width`` clients at once under ``vmap``, from the compiled program (nothing runs)."""
+    spec = _train_spec(data, algorithm)
+    _, update = _client_update_for(algorithm, model, data, spec)
+    sample = data.sample()
+    st = jax.eval_shape(lambda: init_state(algorithm, model.init(jax.random.key(0), sample), width))
+
+    def stacked(a):
+        return jax.ShapeDtypeStruct((width, *a.shape[1:]), a.dtype)
+
+    x = jax.ShapeDtypeStruct((width, *spec.x.shape[1:]), spec.x.dtype)
+    y = jax.ShapeDtypeStruct((width, *spec.y.shape[1:]), spec.y.dtype)
+    n = jax.ShapeDtypeStruct((width,), jnp.int32)
+    keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), width))
+    budget = jax.ShapeDtypeStruct((width,), jnp.int32)
+    states = jax.tree.map(stacked, st.client_states)
+
+    def train(params, server_state, x, y, n, keys, states, budget):
+        return jax.vmap(update, in_axes=(None, 0, 0, 0, 0, 0, None, 0))(
+            params, x, y, n, keys, states, server_state, budget
+        )
+
+    mem = (
+        jax.jit(train)
+        .lower(st.params, st.algorithm_state, x, y, n, keys, states, budget)
+        .compile()
+        .memory_analysis()
     )
+    if mem is None:
+        raise RuntimeError(f"the {jax.default_backend()} backend gives no memory analysis")
+    return int(mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes)
+
+
+def auto_client_chunk(
+    algorithm: Algorithm,
+    model: Model,
+    data: FederatedData,
+    clients_per_round: int,
+    memory_bytes: float,
+) -> int | None:
+    """The most clients whose local training fits in ``memory_bytes`` at once (for
+    ``simulate(client_chunk=...)``), from :func:`client_memory_bytes` at widths 1 and 8
+    extrapolated linearly; ``None`` when all ``clients_per_round`` fit."""
+    if not memory_bytes > 0:
+        raise ValueError(f"memory_bytes must be > 0, got {memory_bytes}")
+    one, eight = (client_memory_bytes(algorithm, model, data, w) for w in (1, 8))
+    per_client = max((eight - one) / 7.0, 1.0)
+    base = max(one - per_client, 0.0)
+    chunk = int((memory_bytes - base) // per_client)
+    if chunk < 1:
+        raise ValueError(
+            f"memory_bytes={memory_bytes:.3g} holds no client: one needs about {one:.3g} bytes"
+        )
+    return None if chunk >= clients_per_round else chunk
+
+
+def _check_sweep(sweep, algorithm, privacy, secure_aggregation, checkpoint_dir) -> dict:
+    """Validates ``simulate(sweep=...)``: ``{name: [floats]}`` of equal lengths, each value
+    accepted by the algorithm's builder. Returns ``{}`` without a sweep."""
+    if sweep is None:
+        return {}
+    if not isinstance(sweep, dict) or not sweep:
+        raise ValueError(f"sweep must be a non-empty dict of lists, got {sweep!r}")
+    if privacy is not None or secure_aggregation is not None:
+        raise ValueError("sweep does not compose with privacy or secure_aggregation; run each "
+                         "value separately")  # fmt: skip
+    if checkpoint_dir is not None:
+        raise ValueError("checkpoint_dir is for one run; leave it unset with sweep")
+    lengths = {k: len(v) if isinstance(v, list | tuple) else -1 for k, v in sweep.items()}
+    if min(lengths.values()) < 1 or len(set(lengths.values())) != 1:
+        raise ValueError(f"sweep values must be non-empty lists of equal length, got {lengths}")
+    values = {}
+    for k, vs in sweep.items():
+        if k not in algorithm.hparams:
+            raise ValueError(
+                f"sweep key {k!r} is not a hyperparameter of {algorithm.name!r}; "
+                f"allowed: {sorted(algorithm.hparams)}"
+            )
+        current = algorithm.hparams[k]
+        if isinstance(current, bool) or not isinstance(current, float):
+            raise ValueError(
+                f"sweep key {k!r} is {current!r} in {algorithm.name!r}: only float "
+                "hyperparameters (learning rates, coefficients) can vary inside one program"
+            )
+        for v in vs:
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise ValueError(f"sweep[{k!r}] must hold numbers, got {v!r}")
+        values[k] = [float(v) for v in vs]
+    for i in range(len(next(iter(values.values())))):
+        rebuild(algorithm, **{k: v[i] for k, v in values.items()})  # the builder's checks
+    probe = {k: jnp.float32(v[0]) for k, v in values.items()}
+    try:  # does the builder accept traced values (no float(), no Python branching on them)?
+        jax.eval_shape(lambda p: rebuild(algorithm, **p).hparams and 0, probe)
+    except (jax.errors.ConcretizationTypeError, TypeError) as e:
+        raise ValueError(
+            f"sweep {sorted(values)}: {algorithm.name!r} uses these values in Python control "
+            f"flow or shapes, so they cannot vary inside one program; run them separately "
+            f"({type(e).__name__})"
+        ) from None
+    return values
 
 
 def _stack_rounds(blocks: list, k: int, dtype) -> np.ndarray:

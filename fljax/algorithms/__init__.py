@@ -5,6 +5,7 @@ from fljax.algorithms._algorithm import Algorithm as Algorithm
 from fljax.algorithms._algorithm import Personal as Personal
 from fljax.algorithms._algorithm import get as get
 from fljax.algorithms._algorithm import names as names
+from fljax.algorithms._algorithm import rebuild as rebuild
 from fljax.algorithms._algorithm import register as register
 from fljax.algorithms._builders import centralized as centralized
 from fljax.algorithms._builders import cyclic as cyclic

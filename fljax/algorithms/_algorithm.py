@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import jax
 import optax
 
 from fljax._base import Transform, lookup
@@ -106,6 +108,8 @@ class Algorithm(NamedTuple):
 def _positive(name: str, value, *, integer: bool = False, allow_none: bool = False):
     if value is None and allow_none:
         return None
+    if isinstance(value, jax.core.Tracer):  # a swept value, checked concretely before tracing
+        return value
     ok = isinstance(value, int | float) and not isinstance(value, bool) and value > 0
     if integer:
         ok = ok and float(value).is_integer()
@@ -161,6 +165,23 @@ def register(name: str):
         return fn
 
     return deco
+
+
+def rebuild(algorithm: Algorithm, **overrides: Any) -> Algorithm:
+    """``algorithm`` built again by its registry builder with ``overrides`` replacing some of
+    the hyperparameters it was built with (``algorithm.hparams``)."""
+    if algorithm.name not in _REGISTRY:
+        raise ValueError(f"algorithm {algorithm.name!r} is not in the registry; cannot rebuild it")
+    builder = _REGISTRY[algorithm.name]
+    allowed = inspect.signature(builder).parameters
+    unknown = sorted(set(overrides) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"algorithm {algorithm.name!r} has no hyperparameters {unknown}; "
+            f"allowed: {list(allowed)}"
+        )
+    kwargs = {k: v for k, v in algorithm.hparams.items() if k in allowed}
+    return builder(**(kwargs | overrides))
 
 
 def get(name: str, **kwargs: Any) -> Algorithm:

@@ -271,11 +271,13 @@ def fedrep(
         work = dict(local_epochs=h + b, local_steps=None)
     algo = _partition_algorithm(
         "fedrep", private, (h, b), server_lr,
-        dict(head_epochs=head_epochs, head_steps=head_steps, body_work=b),
+        dict(head_epochs=head_epochs, head_steps=head_steps),
         client_lr=client_lr, batch_size=batch_size, client_optimizer=client_optimizer,
         client_momentum=client_momentum, weighting=weighting, **work,
     )  # fmt: skip
-    return algo
+    # hparams keep the body's work as given (the Algorithm's fields hold head + body).
+    body = dict(local_epochs=local_epochs, local_steps=local_steps)
+    return algo._replace(hparams=algo.hparams | body)
 
 
 DITTO_PROX = ("gradient", "exact")
