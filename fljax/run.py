@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import hydra
+import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -97,15 +98,26 @@ def run(cfg: DictConfig, run_dir: str | Path) -> SimulationResult:
     secagg = _optional(cfg, "secagg")
     system = _optional(cfg, "system", num_clients=data.num_clients)
     resume = bool(cfg.get("resume", False))
+    seeds = cfg.get("seeds")
+    if seeds is not None:  # one vmapped program; a sub-folder per seed
+        seeds = [int(x) for x in seeds]
+        if resume:
+            raise ValueError("resume=true continues one run; it does not apply with seeds=[...]")
     state_dir = run_dir / RESUME_DIR if cfg.get("save_state", True) or resume else None
+    if seeds is not None:
+        state_dir = None
     keep_until = None
     if resume:
         progress = state_dir / PROGRESS_FILE
         if not progress.exists():
             raise ValueError(f"resume=true but {run_dir} has no checkpoint ({progress})")
         keep_until = int(json.loads(progress.read_text())["round"])
-    writer = MetricsWriter(run_dir, keep_until=keep_until)
-    loggers = _loggers(cfg, run_dir)
+    if seeds is None:
+        writer = MetricsWriter(run_dir, keep_until=keep_until)
+        loggers = _loggers(cfg, run_dir)
+    else:
+        writers = {x: MetricsWriter(run_dir / f"seed_{x}") for x in seeds}
+        writer, loggers = (lambda entry: writers[entry["seed"]](entry)), []
     t0 = time.perf_counter()
     summary = {
         "status": "running",
@@ -142,6 +154,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> SimulationResult:
             resume=resume,
             callbacks=[writer, *loggers],
             progress=bool(cfg.get("progress", False)),
+            seeds=seeds,
         )
     except Exception as err:
         for logger in loggers:
@@ -152,46 +165,78 @@ def run(cfg: DictConfig, run_dir: str | Path) -> SimulationResult:
         raise
     for logger in loggers:
         logger.close()
-    if cfg.get("checkpoint", True):
-        save_params(run_dir, result.params)
-    final = result.history[-1]
-    run_s = result.wall_s - result.compile_s
+    results = result if seeds is not None else [result]
     objective = cfg.get("objective") or f"test_{data.metrics[0]}"
-    if objective not in final["metrics"]:
+    if objective not in results[0].history[-1]["metrics"]:
         raise ValueError(
-            f"objective={objective!r} is not a final metric; choose from {list(final['metrics'])}"
+            f"objective={objective!r} is not a final metric; choose from "
+            f"{list(results[0].history[-1]['metrics'])}"
         )
-    summary.update(
-        status="finished",
-        final_round=final["round"],
-        metrics=final["metrics"],
-        client_metrics=final["client_metrics"],
-        client_names=list(data.client_names),
-        num_params=result.num_params,
-        wall_s=result.wall_s,
-        compile_s=result.compile_s,
-        rounds_per_s=int(cfg.rounds) / run_s if run_s > 0 else None,
-        bytes_up=final["bytes_up"],
-        bytes_down=final["bytes_down"],
-        objective={"name": objective, "value": final["metrics"][objective]},
-    )
-    if "sim_time_s" in final:
-        summary["sim_time_s"] = final["sim_time_s"]
-    if "secagg" in final:
-        summary["secagg_costs"] = final["secagg"]
-    if "privacy" in final:
-        summary["epsilon"] = final["epsilon"]
-        summary["privacy_spent"] = final["privacy"]
+
+    def finished(res: SimulationResult) -> dict:
+        final = res.history[-1]
+        run_s = res.wall_s - res.compile_s
+        out = dict(
+            status="finished",
+            final_round=final["round"],
+            metrics=final["metrics"],
+            client_metrics=final["client_metrics"],
+            client_names=list(data.client_names),
+            num_params=res.num_params,
+            wall_s=res.wall_s,
+            compile_s=res.compile_s,
+            rounds_per_s=int(cfg.rounds) / run_s if run_s > 0 else None,
+            bytes_up=final["bytes_up"],
+            bytes_down=final["bytes_down"],
+            objective={"name": objective, "value": final["metrics"][objective]},
+        )
+        if "sim_time_s" in final:
+            out["sim_time_s"] = final["sim_time_s"]
+        if "secagg" in final:
+            out["secagg_costs"] = final["secagg"]
+        if "privacy" in final:
+            out["epsilon"] = final["epsilon"]
+            out["privacy_spent"] = final["privacy"]
+        return out
+
+    if seeds is None:
+        if cfg.get("checkpoint", True):
+            save_params(run_dir, result.params)
+        summary.update(finished(result))
+    else:
+        values = []
+        for x, res in zip(seeds, results, strict=True):
+            if cfg.get("checkpoint", True):
+                save_params(run_dir / f"seed_{x}", res.params)
+            one = summary | finished(res) | {"seed": x}
+            text = json.dumps(to_jsonable(one), indent=2)
+            (run_dir / f"seed_{x}" / SUMMARY_FILE).write_text(text)
+            values.append(one["objective"]["value"])
+        arr = np.asarray(values, np.float64)
+        summary.update(
+            status="finished", seed=None, seeds=seeds, wall_s=results[0].wall_s,
+            compile_s=results[0].compile_s,
+            objective={"name": objective, "value": float(np.nanmean(arr)),
+                       "std": float(np.nanstd(arr)), "per_seed": values},
+        )  # fmt: skip
     (run_dir / SUMMARY_FILE).write_text(json.dumps(to_jsonable(summary), indent=2))
-    print(f"\n{algorithm.name} on {data.name}: {data.num_clients} clients, round {final['round']}")
+    final = results[0].history[-1]
+    which = "" if seeds is None else f" (seed {seeds[0]} of {len(seeds)})"
+    print(f"\n{algorithm.name} on {data.name}: {data.num_clients} clients, round "
+          f"{final['round']}{which}")  # fmt: skip
     print(client_table(data, final))
+    if seeds is not None:
+        o = summary["objective"]
+        print(f"{objective} over seeds {seeds}: {o['value']:.4f} +- {o['std']:.4f} "
+              f"({', '.join(f'{v:.4f}' for v in o['per_seed'])})")  # fmt: skip
     if "privacy" in final:
         p = final["privacy"]
         print(
             f"privacy ({p['level']} level, {p['relation']}, {p['accountant']}): "
             f"epsilon = {p['epsilon']:.3f} at delta = {p['delta']:g}"
         )
-    print(f"run folder: {run_dir}  (wall {result.wall_s:.1f} s, compile {result.compile_s:.1f} s)")
+    r0 = results[0]
+    print(f"run folder: {run_dir}  (wall {r0.wall_s:.1f} s, compile {r0.compile_s:.1f} s)")
     return result
 
 

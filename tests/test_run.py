@@ -187,3 +187,21 @@ def test_one_command_sweeps_every_algorithm(tmp_path):
     summaries = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*/*/summary.json"))]
     assert sorted(s["algorithm"] for s in summaries) == algos
     assert all(s["status"] == "finished" for s in summaries)
+
+
+def test_cli_seeds_run_as_one_program_with_a_folder_per_seed(tmp_path):
+    """`fljax-run seeds=[0,1,2]`: one vmapped simulation, seed_<s>/ folders equal to the
+    separate runs, and the summary's objective is the mean over seeds."""
+    cfg = _compose([*FAST, "model=logistic", "seeds=[0,1,2]"])
+    results = run(cfg, tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    per = summary["objective"]["per_seed"]
+    assert summary["seeds"] == [0, 1, 2] and len(per) == 3
+    assert summary["objective"]["value"] == pytest.approx(np.mean(per))
+    for s, res in zip([0, 1, 2], results, strict=True):
+        lines = (tmp_path / f"seed_{s}" / "metrics.jsonl").read_text().splitlines()
+        assert json.loads(lines[-1]) == json.loads(json.dumps(res.history[-1]))
+        assert json.loads((tmp_path / f"seed_{s}" / "summary.json").read_text())["seed"] == s
+    one = run(_compose([*FAST, "model=logistic", "seed=2"]), tmp_path / "single")
+    assert per[2] == pytest.approx(one.history[-1]["metrics"][summary["objective"]["name"]],
+                                   abs=1e-6)  # fmt: skip
