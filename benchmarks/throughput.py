@@ -1,18 +1,21 @@
 """Throughput of one FedAvg round: vmapped fljax vs a sequential per-client loop vs centralized.
 
-The same work three ways (default: 200 clients x 10 local steps x batch 32, MLP 30-64-64-2):
+The same work three ways, for each number of clients per round K (default: 10, 100, 200 and
+1,000 clients x 10 local steps x batch 32, MLP 30-64-64-2):
   vmap        fljax's compiled round (all clients under jax.vmap, rounds under lax.scan);
   sequential  the same jitted client update called once per client from Python, then averaged;
-  central     one model, 10 SGD steps on the concatenated batch (200 x 32 examples per step).
-Prints examples/s of each and their ratios; the last line is one JSON object of the figures.
+  central     one model, 10 SGD steps on the concatenated batch (K x 32 examples per step).
+Prints examples/s of each, their ratios and the compile times per K; the last line is one JSON
+object of the figures (``runs``: one record per K).
 
-    python benchmarks/throughput.py [--clients 200 --local-steps 10 --batch 32 --repeats 5]
+    python benchmarks/throughput.py [--clients 10 100 200 1000 --local-steps 10 --batch 32]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import jax
@@ -44,22 +47,8 @@ def best_time(fn, repeats: int) -> float:
     return min(times)
 
 
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--clients", type=int, default=200)
-    p.add_argument("--local-steps", type=int, default=10)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--rounds-per-block", type=int, default=5)
-    p.add_argument("--repeats", type=int, default=10)
-    p.add_argument(
-        "--host-devices",
-        type=int,
-        default=None,
-        help="CPU devices for the client axis (default: one per core)",
-    )
-    args = p.parse_args(argv)
-    fljax.set_host_device_count(args.host_devices)
-    k, steps, b = args.clients, args.local_steps, args.batch
+def measure(k: int, steps: int, b: int, rounds_per_block: int, repeats: int) -> dict:
+    """Examples/s and compile time of the three ways at ``k`` clients per round."""
     fed = make_federation(k, steps * b)
     model = fljax.models.get("mlp", num_classes=2, hidden=(64, 64))
     algo = fljax.algorithms.get(
@@ -77,12 +66,12 @@ def main(argv=None) -> dict:
     else:
         train_rep = train
     run_block = jax.jit(build_block(build_round(algo, model, fed, k, mesh)))
-    ids = jnp.arange(args.rounds_per_block, dtype=jnp.int32)
+    ids = jnp.arange(rounds_per_block, dtype=jnp.int32)
     t0 = time.perf_counter()
     compiled = run_block.lower(state, jax.random.key(1), ids, train_rep).compile()
     compile_vmap = time.perf_counter() - t0
-    t_vmap = best_time(lambda: compiled(state, jax.random.key(1), ids, train_rep), args.repeats)
-    t_vmap /= args.rounds_per_block
+    t_vmap = best_time(lambda: compiled(state, jax.random.key(1), ids, train_rep), repeats)
+    t_vmap /= rounds_per_block
 
     # 2. Sequential: the same jitted client update, one call per client, then a weighted mean.
     plan = plan_local_work(
@@ -112,7 +101,7 @@ def main(argv=None) -> dict:
             acc = accumulate(acc, out.delta, ns[c].astype(jnp.float32))
         return finish(acc, float(k * steps * b // steps))
 
-    t_seq = best_time(sequential_round, args.repeats)
+    t_seq = best_time(sequential_round, repeats)
 
     # 3. Centralized: one model, `steps` SGD steps on the concatenated batch of all clients.
     opt = optax.sgd(0.05)
@@ -135,7 +124,7 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     central_c = jax.jit(central).lower(params).compile()
     compile_central = time.perf_counter() - t0
-    t_central = best_time(lambda: central_c(params), args.repeats)
+    t_central = best_time(lambda: central_c(params), repeats)
 
     eps = {
         name: examples_per_round / t
@@ -158,14 +147,40 @@ def main(argv=None) -> dict:
         "compile_sequential_s": round(compile_seq, 3),
         "compile_centralized_s": round(compile_central, 3),
     }
-    print(
-        f"{k} clients x {steps} local steps x batch {b}, MLP 30-64-64-2, "
-        f"{jax.default_backend()} x {figures['devices']} device(s) on the client axis"
+    return figures
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--clients", type=int, nargs="+", default=[10, 100, 200, 1000])
+    p.add_argument("--local-steps", type=int, default=10)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--rounds-per-block", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument(
+        "--host-devices",
+        type=int,
+        default=None,
+        help="CPU devices for the client axis (default: one per core)",
     )
-    for name in ("vmap", "sequential", "centralized"):
-        print(f"  {name:12s} {eps[name]:>14,.0f} examples/s")
-    print(f"  vmap / sequential  = {figures['vmap_over_sequential']:.2f}x")
-    print(f"  vmap / centralized = {figures['vmap_over_centralized']:.2f}x")
+    args = p.parse_args(argv)
+    fljax.set_host_device_count(args.host_devices)
+    runs = [
+        measure(k, args.local_steps, args.batch, args.rounds_per_block, args.repeats)
+        for k in args.clients
+    ]
+    print(
+        f"FedAvg round, {args.local_steps} local steps x batch {args.batch}, MLP 30-64-64-2, "
+        f"{jax.default_backend()}, {os.cpu_count()} cores"
+    )
+    print("| clients / round | fljax examples/s | vmap / sequential | vmap / centralized | "
+          "s / round | compile s (fljax) |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
+    for f in runs:
+        print(f"| {f['clients']} | {f['vmap_examples_per_s']:,} | {f['vmap_over_sequential']:.2f}x "
+              f"| {f['vmap_over_centralized']:.2f}x | {f['vmap_s_per_round']:.4f} | "
+              f"{f['compile_vmap_s']:.2f} |")  # fmt: skip
+    figures = {"runs": runs, "backend": jax.default_backend(), "cores": os.cpu_count()}
     print(json.dumps(figures))
     return figures
 
