@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the scale benchmarks on a GPU machine and writes one JSON of their results.
+# Runs the scale benchmarks (throughput, scale, peers, many_runs) on a GPU machine and writes one JSON of their results.
 #
 #   bash benchmarks/gpu.sh [OUT_DIR]          (default: $OUT, else ./gpu_results)
 #
@@ -28,6 +28,7 @@ run() {  # name, command...: log to $out/<name>.log, keep the last line (the JSO
 run throughput benchmarks/throughput.py --clients 10 100 1000 10000 --repeats 5
 run scale benchmarks/scale.py --clients 10000 --per-round 100 1000 10000 --rounds 5
 run peers benchmarks/peers.py --clients 100 --skip flower
+run many_runs benchmarks/many_runs.py --seeds 5 --rounds 50
 "$py" - "$out" <<'PY'
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])

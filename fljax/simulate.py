@@ -1073,7 +1073,8 @@ def simulate(
     run_seeds = [int(seed)] if not multi else [int(s_) for s_ in seeds]
     sweep_values = _check_sweep(sweep, algorithm, privacy, secure_aggregation, checkpoint_dir)
     user_algorithm = algorithm
-    runs = [(s_, i) for s_ in run_seeds for i in range(max(1, len(sweep_values)))]
+    n_values = len(next(iter(sweep_values.values()))) if sweep_values else 1
+    runs = [(s_, i) for s_ in run_seeds for i in range(n_values)]
     if sweep_values:
         multi = True
     if client_chunk is not None and (

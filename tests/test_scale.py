@@ -64,6 +64,9 @@ def test_sweep_of_learning_rates_equals_rebuilt_algorithms(fed, model):
         ref = fljax.algorithms.rebuild(algo, client_lr=lrs[i], server_lr=slrs[i])
         one = fljax.simulate(ref, model, fed, rounds=3, clients_per_round=4, eval_every=3, seed=s)
         _same_run(r, one, tol=1e-6)  # float32 learning rates inside the program
+    three = fljax.simulate(algo, model, fed, rounds=1, clients_per_round=4, eval_every=1,
+                           sweep={"client_lr": [0.01, 0.1, 0.3]})  # fmt: skip
+    assert [r.history[-1]["sweep"]["client_lr"] for r in three] == [0.01, 0.1, 0.3]
     fedprox = fljax.algorithms.get("fedprox")
     with pytest.raises(ValueError, match="cannot vary inside one program"):
         fljax.simulate(fedprox, model, fed, rounds=1, clients_per_round=2, sweep={"mu": [0.1]})

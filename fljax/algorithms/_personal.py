@@ -176,45 +176,45 @@ def _partition_algorithm(name, private, head_fraction, server_lr, extra, **commo
     return algo._replace(personal=partitioned(private, head_fraction))
 
 
-@register("fedper")
-def fedper(
-    client_lr: float = 0.1,
-    local_epochs: int | None = 1,
-    local_steps: int | list[int] | None = None,
-    batch_size: int | None = 32,
-    private: str = "head",
-    server_lr: float = 1.0,
-    client_optimizer: str = "sgd",
-    client_momentum: float | None = None,
-    weighting: str = "num_examples",
-) -> Algorithm:
+def _partition_builder(name: str, default_private: str, doc: str):
+    """Registers a partitioned FedAvg (the private leaves stay on the clients)."""
+
+    def build(
+        client_lr: float = 0.1,
+        local_epochs: int | None = 1,
+        local_steps: int | list[int] | None = None,
+        batch_size: int | None = 32,
+        private: str = default_private,
+        server_lr: float = 1.0,
+        client_optimizer: str = "sgd",
+        client_momentum: float | None = None,
+        weighting: str = "num_examples",
+    ) -> Algorithm:
+        return _partition_algorithm(
+            name, private, None, server_lr, {},
+            client_lr=client_lr, local_epochs=local_epochs, local_steps=local_steps,
+            batch_size=batch_size, client_optimizer=client_optimizer,
+            client_momentum=client_momentum, weighting=weighting,
+        )  # fmt: skip
+
+    build.__name__, build.__doc__ = name, doc
+    return register(name)(build)
+
+
+fedper = _partition_builder(
+    "fedper",
+    "head",
     r"""FedPer: a shared base (body) learned by FedAvg and a personal head per client, trained
     together in the local steps; only the base is sent and averaged.
 
     References:
         Arivazhagan et al. (2019), "Federated Learning with Personalization Layers",
         arXiv:1912.00818, Sec. 3 (Algorithm 1).
-    """
-    return _partition_algorithm(
-        "fedper", private, None, server_lr, {},
-        client_lr=client_lr, local_epochs=local_epochs, local_steps=local_steps,
-        batch_size=batch_size, client_optimizer=client_optimizer,
-        client_momentum=client_momentum, weighting=weighting,
-    )  # fmt: skip
-
-
-@register("fedbn")
-def fedbn(
-    client_lr: float = 0.1,
-    local_epochs: int | None = 1,
-    local_steps: int | list[int] | None = None,
-    batch_size: int | None = 32,
-    private: str = "batchnorm",
-    server_lr: float = 1.0,
-    client_optimizer: str = "sgd",
-    client_momentum: float | None = None,
-    weighting: str = "num_examples",
-) -> Algorithm:
+    """,
+)
+fedbn = _partition_builder(
+    "fedbn",
+    "batchnorm",
     r"""FedBN: FedAvg on everything except the batch-norm layers (scale, bias and running
     statistics), which every client keeps local; needs a model with batch norm
     (``mlp_bn``, ``cnn_bn``).
@@ -222,13 +222,8 @@ def fedbn(
     References:
         Li, Jiang, Zhang, Kamp, Dou (2021), "FedBN: Federated Learning on Non-IID Features via
         Local Batch Normalization", ICLR, Algorithm 1.
-    """
-    return _partition_algorithm(
-        "fedbn", private, None, server_lr, {},
-        client_lr=client_lr, local_epochs=local_epochs, local_steps=local_steps,
-        batch_size=batch_size, client_optimizer=client_optimizer,
-        client_momentum=client_momentum, weighting=weighting,
-    )  # fmt: skip
+    """,
+)
 
 
 @register("fedrep")
