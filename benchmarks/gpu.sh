@@ -29,6 +29,7 @@ run throughput benchmarks/throughput.py --clients 10 100 1000 10000 --repeats 5
 run scale benchmarks/scale.py --clients 10000 --per-round 100 1000 10000 --rounds 5
 run peers benchmarks/peers.py --clients 100 --skip flower
 run many_runs benchmarks/many_runs.py --seeds 5 --rounds 50
+run chunk_memory benchmarks/chunk_memory.py --clients 4096 --chunk 512
 "$py" - "$out" <<'PY'
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])

@@ -41,6 +41,7 @@ class Transform(NamedTuple):
 
     init: Callable[[PyTree], Any]
     update: UpdateFn
+    linear: bool = False  # update(u[K], w) == sum_k w_k u_k / sum_k w_k: it can stream
 
 
 class EmptyState(NamedTuple):

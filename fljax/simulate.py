@@ -299,7 +299,10 @@ def build_round(
     """Builds the pure round ``(state, round_key, train) -> (state, RoundMetrics)``.
 
     ``client_chunk``: the selected clients train ``client_chunk`` at a time (``lax.map`` over
-    ``vmap``ped chunks), so local training holds one chunk's activations at once.
+    ``vmap``ped chunks), so local training holds one chunk's activations at once; with a
+    linear aggregator (``Transform.linear``: the weighted mean) the chunks' weighted delta sums
+    are accumulated in a ``lax.scan`` carry (streaming aggregation: no ``[K, ...]`` stack of
+    deltas).
 
     With a ``mesh``, the selected clients' data and local training are split over its
     ``clients`` axis (each device trains ``K / D`` clients); the aggregate's sum over clients
@@ -326,6 +329,42 @@ def build_round(
         if client_chunk is None or client_chunk >= k:
             return jax.vmap(fn)(*per_client)
         return jax.lax.map(lambda a: fn(*a), per_client, batch_size=client_chunk)
+
+    # Streaming aggregation: with chunks and a linear aggregator (the weighted mean), the
+    # weighted sum of the deltas is accumulated chunk by chunk in a lax.scan carry.
+    streaming = client_chunk is not None and algorithm.aggregator.linear
+
+    def stream_clients(train_client, transform, per_client, t_states, t_keys, weights, params):
+        k, c = weights.shape[0], client_chunk
+        m = -(-k // c)  # chunks; the last is padded with weight-0 copies of the last client
+
+        def chunked(a):
+            if m * c > k:
+                a = jnp.concatenate([a, jnp.repeat(a[-1:], m * c - k, axis=0)])
+            return a.reshape(m, c, *a.shape[1:])
+
+        w = jnp.concatenate([weights, jnp.zeros((m * c - k,), weights.dtype)])
+        xs = (*jax.tree.map(chunked, (per_client, t_states, t_keys)), w.reshape(m, c))
+
+        def body(acc, chunk):
+            args, ts, tk, w = chunk
+            out = jax.vmap(train_client)(*args)
+            deltas, ts = jax.vmap(transform)(out.delta, ts, tk)
+            acc = jax.tree.map(
+                lambda a, d: a + jnp.tensordot(w, d.astype(jnp.float32), axes=1), acc, deltas
+            )
+            return acc, (out._replace(delta=()), ts)
+
+        acc0 = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+        total, (out, ts) = jax.lax.scan(body, acc0, xs)
+        unchunk = lambda a: a.reshape(m * c, *a.shape[2:])[:k]  # noqa: E731
+        return total, jax.tree.map(unchunk, out), jax.tree.map(unchunk, ts)
+
+    def finish_mean(total, weights, params):
+        """``weighted_mean``'s normalisation of a streamed weighted sum."""
+        s = jnp.sum(weights.astype(jnp.float32))
+        scale = jnp.where(s > 0, 1.0 / jnp.where(s > 0, s, 1.0), 0.0)
+        return jax.tree.map(lambda t, p: t.astype(p.dtype) * scale, total, params)
 
     if system is not None:
         prof = jax.tree.map(jnp.asarray, system.profiles)
@@ -472,30 +511,35 @@ def build_round(
         def train_client(x, y, n, k, cs, b):
             return client_update(start, x, y, n, k, cs, state.algorithm_state, b)
 
-        out = map_clients(
-            train_client, batch.x, batch.y, batch.num_examples, client_keys, client_states, budget
-        )
-
         def transform(delta, t_state, t_key):
             return algorithm.client_transform.update(delta, t_state, state.params, key=t_key)
 
-        deltas, t_states = jax.vmap(transform)(
-            out.delta, _tree_take(state.client_transform_states, ids), fold(k_transform, ids)
-        )
         n = batch.num_examples.astype(jnp.float32)
         base = n if algorithm.weighting == "num_examples" else jnp.ones_like(n)
         weights = jnp.where(contributed, base, 0.0)
-        aggregate, agg_state = algorithm.aggregator.update(
-            deltas,
-            state.aggregator_state,
-            state.params,
-            key=k_aggregate,
-            weights=weights,
-            num_steps=out.num_steps,
-            num_clients=num_clients,
-            client_ids=ids,
-            active=valid if padded else None,
-        )
+        t_states_in = _tree_take(state.client_transform_states, ids)
+        t_keys = fold(k_transform, ids)
+        per_client = (batch.x, batch.y, batch.num_examples, client_keys, client_states, budget)
+        if streaming and client_chunk < ids.shape[0]:
+            # Linear aggregator: sum w_k * delta_k chunk by chunk; no [K, ...] delta stack.
+            total, out, t_states = stream_clients(
+                train_client, transform, per_client, t_states_in, t_keys, weights, state.params
+            )
+            aggregate, agg_state = finish_mean(total, weights, state.params), state.aggregator_state
+        else:
+            out = map_clients(train_client, *per_client)
+            deltas, t_states = jax.vmap(transform)(out.delta, t_states_in, t_keys)
+            aggregate, agg_state = algorithm.aggregator.update(
+                deltas,
+                state.aggregator_state,
+                state.params,
+                key=k_aggregate,
+                weights=weights,
+                num_steps=out.num_steps,
+                num_clients=num_clients,
+                client_ids=ids,
+                active=valid if padded else None,
+            )
         pseudo_grad = jax.tree.map(jnp.negative, aggregate)
         updates, opt_state = algorithm.server_optimizer.update(
             pseudo_grad, state.opt_state, state.params

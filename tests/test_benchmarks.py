@@ -45,3 +45,8 @@ def test_many_runs_counts_every_run():
     fig = _bench("benchmarks/many_runs.py", "--seeds", "2", "--rounds", "2", "--clients", "20",
                  "--lrs", "0.1", "0.2", "0.3")  # fmt: skip
     assert fig["runs_in_sweep"] == 6 and len(fig["final_auroc"]) == 2
+
+
+def test_chunk_memory_reports_the_three_executions():
+    fig = _bench("benchmarks/chunk_memory.py", "--clients", "8", "--chunk", "2", "--hidden", "16")
+    assert fig["chunked_streaming_mib"] <= fig["chunked_stacked_mib"]

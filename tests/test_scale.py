@@ -113,3 +113,35 @@ def test_client_axis_sharded_over_8_devices_equals_one_device(fed, model):
     sharded = fljax.simulate(algo, model, fed, **kw)
     single = fljax.simulate(algo, model, fed, devices=jax.devices()[:1], **kw)
     _same_run(sharded, single, tol=1e-6)
+
+
+def test_streaming_aggregation_never_stacks_the_cohorts_deltas():
+    """With chunks and the weighted mean, the compiled round's temporaries no longer hold a
+    [K, P] stack of deltas: XLA's memory analysis is lower than for the same chunks with an
+    aggregator that needs the stack, by more than half of K x P floats."""
+    import jax.numpy as jnp
+
+    from fljax.data import ClientData
+    from fljax.simulate import build_block, build_round, init_state
+
+    xs = [np.random.default_rng(c).normal(size=(8, 16)).astype(np.float32) for c in range(64)]
+    ys = [np.zeros(8, np.int32) for _ in range(64)]
+    fed = fljax.data.from_client_arrays(xs, ys, xs, ys, num_classes=2)
+    model = fljax.models.get("mlp", num_classes=2, hidden=(256, 256))
+    algo = fljax.algorithms.get("fedavg", local_steps=1, local_epochs=None, batch_size=8)
+    params = model.init(jax.random.key(0), fed.sample())
+    state = init_state(algo, params, 64)
+    train = ClientData(*(jnp.asarray(a) for a in fed.train))
+    ids = jnp.arange(1, dtype=jnp.int32)
+
+    agg = algo.aggregator
+    assert agg.linear
+    opaque = algo._replace(aggregator=fljax.Transform(agg.init, agg.update))  # not streamable
+
+    def temp_bytes(a, chunk):
+        block = jax.jit(build_block(build_round(a, model, fed, 64, client_chunk=chunk)))
+        mem = block.lower(state, jax.random.key(0), ids, train).compile().memory_analysis()
+        return mem.temp_size_in_bytes
+
+    stack = 64 * fljax.models.num_params(params) * 4
+    assert temp_bytes(opaque, 8) - temp_bytes(algo, 8) > stack / 2

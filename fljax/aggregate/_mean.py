@@ -44,7 +44,7 @@ def weighted_mean() -> Transform:
 
         return jax.tree.map(reduce, updates), state
 
-    return Transform(init, update)
+    return Transform(init, update, linear=True)
 
 
 def mean() -> Transform:
