@@ -21,7 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fljax._io import PROGRESS_FILE, SUMMARY_FILE, MetricsWriter, save_params, to_jsonable
-from fljax.simulate import SimulationResult, simulate
+from fljax.simulate import SimulationResult, auto_client_chunk, simulate
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 RESUME_DIR = "resume"  # full simulation state at the last evaluation (orbax) + progress.json
@@ -79,6 +79,20 @@ def _optional(cfg: DictConfig, group: str, **kwargs):
     if cfg.get(group) is None:
         return None
     return instantiate(cfg[group], _convert_="all", **kwargs)
+
+
+def _client_chunk(cfg: DictConfig, algorithm, model, data) -> int | None:
+    """``client_chunk``: null, a positive integer, or ``auto`` (the most clients whose local
+    training fits in ``client_memory_gb``, from XLA's memory analysis)."""
+    chunk = cfg.get("client_chunk")
+    if chunk is None:
+        return None
+    if chunk == "auto":
+        budget = float(cfg.get("client_memory_gb", 4.0)) * 2**30
+        return auto_client_chunk(algorithm, model, data, int(cfg.clients_per_round), budget)
+    if isinstance(chunk, bool) or not isinstance(chunk, int):
+        raise ValueError(f"client_chunk must be null, a positive integer or auto, got {chunk!r}")
+    return chunk
 
 
 def run(cfg: DictConfig, run_dir: str | Path) -> SimulationResult:
@@ -155,6 +169,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> SimulationResult:
             callbacks=[writer, *loggers],
             progress=bool(cfg.get("progress", False)),
             seeds=seeds,
+            client_chunk=_client_chunk(cfg, algorithm, model, data),
         )
     except Exception as err:
         for logger in loggers:

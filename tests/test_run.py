@@ -205,3 +205,13 @@ def test_cli_seeds_run_as_one_program_with_a_folder_per_seed(tmp_path):
     one = run(_compose([*FAST, "model=logistic", "seed=2"]), tmp_path / "single")
     assert per[2] == pytest.approx(one.history[-1]["metrics"][summary["objective"]["name"]],
                                    abs=1e-6)  # fmt: skip
+
+
+def test_cli_client_chunk_auto_and_fixed_give_the_unchunked_run(tmp_path):
+    base = run(_compose([*FAST, "model=logistic"]), tmp_path / "a").history[-1]["metrics"]
+    for i, chunk in enumerate(["2", "auto"]):
+        over = [*FAST, "model=logistic", f"client_chunk={chunk}", "client_memory_gb=0.0001"]
+        got = run(_compose(over), tmp_path / f"c{i}").history[-1]["metrics"]
+        assert got["test_loss"] == pytest.approx(base["test_loss"], abs=1e-6)
+    with pytest.raises(ValueError, match="client_chunk"):
+        run(_compose([*FAST, "model=logistic", "client_chunk=many"]), tmp_path / "bad")
