@@ -25,7 +25,7 @@ lint: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -n 2  # two workers: compilation is single-threaded
+	$(BIN)/python -m pytest -n 2 --dist worksteal  # two workers; idle one steals queued tests
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py

@@ -21,6 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fljax._io import PROGRESS_FILE, SUMMARY_FILE, MetricsWriter, save_params, to_jsonable
+from fljax.metrics import HIGHER_IS_BETTER
 from fljax.simulate import SimulationResult, auto_client_chunk, simulate
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -113,10 +114,21 @@ def run(cfg: DictConfig, run_dir: str | Path) -> SimulationResult:
     system = _optional(cfg, "system", num_clients=data.num_clients)
     resume = bool(cfg.get("resume", False))
     seeds = cfg.get("seeds")
-    if seeds is not None:  # one vmapped program; a sub-folder per seed
+    sweep = cfg.get("sweep")
+    if sweep is not None:  # float hyperparameters vmapped in the same program
+        sweep = OmegaConf.to_container(sweep) if isinstance(sweep, DictConfig) else dict(sweep)
+        seeds = seeds if seeds is not None else [int(cfg.seed)]
+    if seeds is not None:  # one vmapped program; a sub-folder per run
         seeds = [int(x) for x in seeds]
         if resume:
-            raise ValueError("resume=true continues one run; it does not apply with seeds=[...]")
+            raise ValueError("resume=true continues one run; not with seeds=[...] or sweep=")
+    n_values = len(next(iter(sweep.values()))) if sweep else 1
+    runs = [(x, {k: float(v[i]) for k, v in (sweep or {}).items()})
+            for x in (seeds or []) for i in range(n_values)]  # fmt: skip
+
+    def folder(seed_, values) -> Path:
+        return run_dir / ("seed_" + str(seed_) + "".join(f"_{k}_{v:g}" for k, v in values.items()))
+
     state_dir = run_dir / RESUME_DIR if cfg.get("save_state", True) or resume else None
     if seeds is not None:
         state_dir = None
@@ -130,8 +142,12 @@ def run(cfg: DictConfig, run_dir: str | Path) -> SimulationResult:
         writer = MetricsWriter(run_dir, keep_until=keep_until)
         loggers = _loggers(cfg, run_dir)
     else:
-        writers = {x: MetricsWriter(run_dir / f"seed_{x}") for x in seeds}
-        writer, loggers = (lambda entry: writers[entry["seed"]](entry)), []
+        writers = {(x, tuple(v.items())): MetricsWriter(folder(x, v)) for x, v in runs}
+
+        def writer(entry):
+            writers[(entry["seed"], tuple(entry.get("sweep", {}).items()))](entry)
+
+        loggers = []
     t0 = time.perf_counter()
     summary = {
         "status": "running",
@@ -169,6 +185,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> SimulationResult:
             callbacks=[writer, *loggers],
             progress=bool(cfg.get("progress", False)),
             seeds=seeds,
+            sweep=sweep,
             client_chunk=_client_chunk(cfg, algorithm, model, data),
         )
     except Exception as err:
@@ -219,21 +236,31 @@ def run(cfg: DictConfig, run_dir: str | Path) -> SimulationResult:
             save_params(run_dir, result.params)
         summary.update(finished(result))
     else:
-        values = []
-        for x, res in zip(seeds, results, strict=True):
+        by_setting: dict[tuple, list] = {}
+        for (x, v), res in zip(runs, results, strict=True):
             if cfg.get("checkpoint", True):
-                save_params(run_dir / f"seed_{x}", res.params)
-            one = summary | finished(res) | {"seed": x}
-            text = json.dumps(to_jsonable(one), indent=2)
-            (run_dir / f"seed_{x}" / SUMMARY_FILE).write_text(text)
-            values.append(one["objective"]["value"])
-        arr = np.asarray(values, np.float64)
+                save_params(folder(x, v), res.params)
+            one = summary | finished(res) | {"seed": x, "sweep": v or None}
+            if v:
+                one["hparams"] = summary["hparams"] | v
+            (folder(x, v) / SUMMARY_FILE).write_text(json.dumps(to_jsonable(one), indent=2))
+            by_setting.setdefault(tuple(v.items()), []).append(one["objective"]["value"])
+        settings = [
+            {"sweep": dict(k) or None, "mean": float(np.nanmean(vals)),
+             "std": float(np.nanstd(vals)), "per_seed": vals}
+            for k, vals in by_setting.items()
+        ]  # fmt: skip
+        higher = HIGHER_IS_BETTER.get(objective.split("_", 1)[1].removesuffix("_client_mean"),
+                                      True)  # fmt: skip
+        best = (max if higher else min)(settings, key=lambda d: d["mean"])
         summary.update(
             status="finished", seed=None, seeds=seeds, wall_s=results[0].wall_s,
             compile_s=results[0].compile_s,
-            objective={"name": objective, "value": float(np.nanmean(arr)),
-                       "std": float(np.nanstd(arr)), "per_seed": values},
+            objective={"name": objective, "value": best["mean"], "std": best["std"],
+                       "per_seed": best["per_seed"], "sweep": best["sweep"]},
         )  # fmt: skip
+        if sweep:
+            summary["settings"] = settings
     (run_dir / SUMMARY_FILE).write_text(json.dumps(to_jsonable(summary), indent=2))
     final = results[0].history[-1]
     which = "" if seeds is None else f" (seed {seeds[0]} of {len(seeds)})"
@@ -241,9 +268,11 @@ def run(cfg: DictConfig, run_dir: str | Path) -> SimulationResult:
           f"{final['round']}{which}")  # fmt: skip
     print(client_table(data, final))
     if seeds is not None:
-        o = summary["objective"]
-        print(f"{objective} over seeds {seeds}: {o['value']:.4f} +- {o['std']:.4f} "
-              f"({', '.join(f'{v:.4f}' for v in o['per_seed'])})")  # fmt: skip
+        for st in summary.get("settings") or [summary["objective"] | {"mean": None}]:
+            mean = st["mean"] if st["mean"] is not None else st["value"]
+            label = "" if not st.get("sweep") else f" {st['sweep']}"
+            print(f"{objective}{label} over seeds {seeds}: {mean:.4f} +- {st['std']:.4f} "
+                  f"({', '.join(f'{v:.4f}' for v in st['per_seed'])})")  # fmt: skip
     if "privacy" in final:
         p = final["privacy"]
         print(

@@ -138,11 +138,11 @@ def test_time_to_accuracy_smoke(tmp_path):
 def test_personalization_smoke(tmp_path):
     figures = _run_script(
         ["experiments/personalization.py", "--seeds", "1", "--clients", "4", "--rounds", "2",
-         "--hidden", "8", "--settings", "FedBN", "FedRep", "Local only"],
+         "--hidden", "8", "--settings", "FedBN"],
         tmp_path,
     )  # fmt: skip
     settings = figures["settings"]
-    assert list(settings) == ["FedAvg", "FedBN", "FedRep", "Local only"]
+    assert list(settings) == ["FedAvg", "FedBN"]
     assert settings["FedAvg"]["sites_above_fedavg"] == 0
-    assert (tmp_path / "personalization.md").read_text().count("hospital_") == 4
+    assert (tmp_path / "personalization.md").read_text().count("| FedBN |") == 1
     assert all(0 <= s["worst_auroc"] <= s["mean_auroc"] <= 1 for s in settings.values())

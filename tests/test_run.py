@@ -215,3 +215,15 @@ def test_cli_client_chunk_auto_and_fixed_give_the_unchunked_run(tmp_path):
         assert got["test_loss"] == pytest.approx(base["test_loss"], abs=1e-6)
     with pytest.raises(ValueError, match="client_chunk"):
         run(_compose([*FAST, "model=logistic", "client_chunk=many"]), tmp_path / "bad")
+
+
+def test_cli_sweep_of_learning_rates_reports_the_best_setting(tmp_path):
+    cfg = _compose([*FAST, "model=logistic", "sweep={client_lr:[0.001,0.1]}"])
+    run(cfg, tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    means = {s["sweep"]["client_lr"]: s["mean"] for s in summary["settings"]}
+    assert set(means) == {0.001, 0.1} and summary["seeds"] == [0]
+    assert summary["objective"]["value"] == max(means.values())  # accuracy: higher is better
+    for lr in ("0.001", "0.1"):
+        one = json.loads((tmp_path / f"seed_0_client_lr_{lr}" / "summary.json").read_text())
+        assert one["hparams"]["client_lr"] == float(lr)
