@@ -243,8 +243,8 @@ def fedrep(
     r"""FedRep: each client first trains its personal head for ``head_epochs`` (or
     ``head_steps``) with the shared representation frozen, then the representation for
     ``local_epochs`` (or ``local_steps``) with its new head frozen; only the representation
-    is sent and averaged. Defaults: 10 head epochs, 1 body epoch, as in the paper's
-    experiments.
+    is sent and averaged. Defaults: 10 head epochs, then 1 body epoch (many head updates per
+    body update, as the paper's Algorithm 1 prescribes; tune ``head_epochs`` per task).
 
     References:
         Collins, Hassani, Mokhtari, Shakkottai (2021), "Exploiting Shared Representations for
