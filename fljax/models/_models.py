@@ -58,17 +58,15 @@ def from_linen_bn(module: nn.Module, name: str) -> Model:
         v = module.init(key, jnp.asarray(sample), train=False)
         return {"params": v["params"], "batch_stats": v["batch_stats"]}
 
-    def apply(params, x, *, train: bool = False, key=None):
-        del key
-        if train:  # batch statistics, running averages left as they are
-            out, _ = module.apply(params, x, train=True, mutable=["batch_stats"])
-            return out
-        return module.apply(params, x, train=False)
-
     def apply_train(params, x, mask=None, key=None):
         del key
         out, new = module.apply(params, x, train=True, mask=mask, mutable=["batch_stats"])
         return out, new["batch_stats"]
+
+    def apply(params, x, *, train: bool = False, key=None):
+        if train:  # batch statistics; the updated running averages are dropped
+            return apply_train(params, x, key=key)[0]
+        return module.apply(params, x, train=False)
 
     return Model(init, apply, name, apply_train)
 
@@ -175,6 +173,18 @@ def _check_classes(num_classes):
     return int(num_classes)
 
 
+def _check_activation(activation):
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation={activation!r} is not one of {sorted(ACTIVATIONS)}")
+    return activation
+
+
+def _check_hidden(hidden):
+    if any(int(h) < 1 for h in hidden):
+        raise ValueError(f"hidden widths must be positive, got {hidden}")
+    return tuple(int(h) for h in hidden)
+
+
 def _check_init(init):
     if init not in INITS:
         raise ValueError(f"init={init!r} is not one of {INITS}")
@@ -194,15 +204,11 @@ def mlp(
     init: str = "lecun",
 ) -> Model:
     """Multilayer perceptron with ``hidden`` widths and ``activation`` between layers."""
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation={activation!r} is not one of {sorted(ACTIVATIONS)}")
-    if any(int(h) < 1 for h in hidden):
-        raise ValueError(f"hidden widths must be positive, got {hidden}")
     return from_linen(
         _MLP(
             _check_classes(num_classes),
-            tuple(int(h) for h in hidden),
-            activation,
+            _check_hidden(hidden),
+            _check_activation(activation),
             _check_init(init),
         ),
         "mlp",
@@ -230,12 +236,8 @@ def mlp_bn(
 ) -> Model:
     """MLP with batch norm after every hidden dense layer (dense, BN, activation); running
     statistics with ``momentum``. The FedBN model for tabular data (Li et al. 2021, ICLR)."""
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation={activation!r} is not one of {sorted(ACTIVATIONS)}")
-    if any(int(h) < 1 for h in hidden):
-        raise ValueError(f"hidden widths must be positive, got {hidden}")
     module = _MLPBN(
-        _check_classes(num_classes), tuple(int(h) for h in hidden), activation,
+        _check_classes(num_classes), _check_hidden(hidden), _check_activation(activation),
         _check_momentum(momentum),
     )  # fmt: skip
     return from_linen_bn(module, "mlp_bn")
