@@ -23,6 +23,7 @@ import optax
 from fljax._base import chain
 from fljax._devices import client_mesh, client_sharding, replicated
 from fljax._io import load_state, save_state
+from fljax.aggregate import normalize_weighted_sum, weighted_sum
 from fljax.algorithms import Algorithm, rebuild
 from fljax.client import (
     batch_loss_fn,
@@ -350,21 +351,13 @@ def build_round(
             args, ts, tk, w = chunk
             out = jax.vmap(train_client)(*args)
             deltas, ts = jax.vmap(transform)(out.delta, ts, tk)
-            acc = jax.tree.map(
-                lambda a, d: a + jnp.tensordot(w, d.astype(jnp.float32), axes=1), acc, deltas
-            )
+            acc = jax.tree.map(jnp.add, acc, weighted_sum(deltas, w))
             return acc, (out._replace(delta=()), ts)
 
         acc0 = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
         total, (out, ts) = jax.lax.scan(body, acc0, xs)
         unchunk = lambda a: a.reshape(m * c, *a.shape[2:])[:k]  # noqa: E731
         return total, jax.tree.map(unchunk, out), jax.tree.map(unchunk, ts)
-
-    def finish_mean(total, weights, params):
-        """``weighted_mean``'s normalisation of a streamed weighted sum."""
-        s = jnp.sum(weights.astype(jnp.float32))
-        scale = jnp.where(s > 0, 1.0 / jnp.where(s > 0, s, 1.0), 0.0)
-        return jax.tree.map(lambda t, p: t.astype(p.dtype) * scale, total, params)
 
     if system is not None:
         prof = jax.tree.map(jnp.asarray, system.profiles)
@@ -525,7 +518,8 @@ def build_round(
             total, out, t_states = stream_clients(
                 train_client, transform, per_client, t_states_in, t_keys, weights, state.params
             )
-            aggregate, agg_state = finish_mean(total, weights, state.params), state.aggregator_state
+            aggregate = normalize_weighted_sum(total, weights, state.params)
+            agg_state = state.aggregator_state
         else:
             out = map_clients(train_client, *per_client)
             deltas, t_states = jax.vmap(transform)(out.delta, t_states_in, t_keys)

@@ -35,16 +35,24 @@ def weighted_mean() -> Transform:
         del params, key, extra
         if weights is None:
             raise ValueError("weighted_mean needs weights[K]")
-        w = weights.astype(jnp.float32)
-        total = jnp.sum(w)
-        scale = jnp.where(total > 0, 1.0 / jnp.where(total > 0, total, 1.0), 0.0)
-
-        def reduce(d):
-            return jnp.tensordot(w, d.astype(jnp.float32), axes=1).astype(d.dtype) * scale
-
-        return jax.tree.map(reduce, updates), state
+        return normalize_weighted_sum(weighted_sum(updates, weights), weights, updates), state
 
     return Transform(init, update, linear=True)
+
+
+def weighted_sum(updates, weights: jax.Array):
+    r""":math:`\sum_k w_k u_k` over the leading client axis, in float32 (a partial sum that
+    streaming aggregation adds up chunk by chunk)."""
+    w = weights.astype(jnp.float32)
+    return jax.tree.map(lambda d: jnp.tensordot(w, d.astype(jnp.float32), axes=1), updates)
+
+
+def normalize_weighted_sum(total, weights: jax.Array, like):
+    """``total / sum(weights)`` in the dtypes of ``like`` (zero when all weights are zero):
+    :func:`weighted_mean` from a :func:`weighted_sum`, however that sum was accumulated."""
+    s = jnp.sum(weights.astype(jnp.float32))
+    scale = jnp.where(s > 0, 1.0 / jnp.where(s > 0, s, 1.0), 0.0)
+    return jax.tree.map(lambda t, d: t.astype(d.dtype) * scale, total, like)
 
 
 def mean() -> Transform:
