@@ -1072,10 +1072,11 @@ def simulate(
             Hyperparameters that fix shapes or Python control flow (epochs, batch size,
             names) cannot vary in one program and are refused; so are ``privacy`` and
             ``secure_aggregation``, whose plans are built per algorithm.
-        client_chunk: train the selected clients in chunks of this many (``lax.map`` over
-            ``vmap``ped chunks), bounding the memory of local training to one chunk's
-            activations; the same result as one ``vmap`` over all of them. ``None``: all at
-            once. :func:`auto_client_chunk` derives it from a memory budget.
+        client_chunk: train the selected clients in chunks of this many (``vmap``ped chunks
+            one after another), bounding the memory of local training to one chunk's
+            activations; with the weighted mean the deltas' weighted sum streams through the
+            chunks (no stack of all deltas). The same result as one ``vmap`` over all of them.
+            ``None``: all at once. :func:`auto_client_chunk` derives it from a memory budget.
 
     Returns:
         A :class:`SimulationResult` (a list of them with ``seeds``).
@@ -1143,10 +1144,13 @@ def simulate(
         algorithm, dp_plan = _with_privacy(privacy, algorithm, data, clients_per_round, rounds)
     if secure_aggregation is not None:
         algorithm = _with_secagg(secure_aggregation, algorithm, data, compression, dp_plan)
-    if compression is not None:  # after the algorithm's (and local DP's) client transform
-        algorithm = algorithm._replace(
-            client_transform=chain(algorithm.client_transform, compression.transform)
-        )
+
+    def with_compression(algo):  # after the algorithm's (and local DP's) client transform
+        if compression is None:
+            return algo
+        return algo._replace(client_transform=chain(algo.client_transform, compression.transform))
+
+    algorithm = with_compression(algorithm)
     if mode == "async":
         _check_async(algorithm, data, system, privacy, secure_aggregation, compression, downlink,
                      stragglers)  # fmt: skip
@@ -1308,11 +1312,7 @@ def simulate(
                   for k, v in sweep_values.items()}  # fmt: skip
 
             def block_for(values, st, key, ids, tr):
-                algo = rebuild(user_algorithm, **values)
-                if compression is not None:
-                    algo = algo._replace(
-                        client_transform=chain(algo.client_transform, compression.transform)
-                    )
+                algo = with_compression(rebuild(user_algorithm, **values))
                 run_round = build_round(
                     algo, model, data, clients_per_round, None, straggle, downlink, None,
                     system, wire, client_chunk,
