@@ -73,13 +73,7 @@ def partition(params: PyTree, private: str | Callable[[str], bool] = "head") -> 
         def is_private(p):
             return "BatchNorm" in p or p.startswith("batch_stats/")
     elif isinstance(private, str):
-        try:
-            pattern = re.compile(private)
-        except re.error as e:
-            raise ValueError(
-                f"private={private!r} is neither one of {PRIVATE_PRESETS} nor a regular "
-                f"expression ({e})"
-            ) from None
+        pattern = _compile_private(private)
 
         def is_private(p):
             return pattern.fullmatch(p) is not None
@@ -148,19 +142,24 @@ def partitioned(private: str | Callable[[str], bool], head_fraction=None) -> Per
     return Personal("partition", init, start, None, finish, start, shared, trainable)
 
 
+def _compile_private(private: str) -> re.Pattern:
+    """``private`` as a regular expression, or a ValueError naming the presets."""
+    try:
+        return re.compile(private)
+    except re.error as e:
+        raise ValueError(
+            f"private={private!r} is neither one of {PRIVATE_PRESETS} nor a regular "
+            f"expression ({e})"
+        ) from None
+
+
 def _check_private(private):
     if callable(private):
         return private
     if not isinstance(private, str) or not private:
         raise ValueError(f"private must be one of {PRIVATE_PRESETS} or a regex, got {private!r}")
     if private not in PRIVATE_PRESETS:
-        try:
-            re.compile(private)
-        except re.error as e:
-            raise ValueError(
-                f"private={private!r} is neither one of {PRIVATE_PRESETS} nor a regular "
-                f"expression ({e})"
-            ) from None
+        _compile_private(private)
     return private
 
 
