@@ -32,7 +32,7 @@ def finetune(
     """Each site's model after ``algorithm``'s local work on its training split, starting from
     ``params``: stacked ``[C, ...]``. One compiled, vmapped program over all sites; the
     minibatch order of site ``c`` comes from ``fold_in(key(seed), c)``."""
-    from fljax.simulate import _client_update_for
+    from fljax.engine._round import client_update_for as _client_update_for
 
     if not isinstance(algorithm, Algorithm):
         raise ValueError(f"algorithm must be an fljax Algorithm, got {type(algorithm).__name__}")

@@ -339,6 +339,9 @@ def binomial_cap(limit: int, trials: int, rate: float, within) -> int:
     return int(ks[np.argmax(ok)]) if ok.any() else limit
 
 
+AMPLIFYING_SELECTIONS = ("uniform", "poisson")
+
+
 def cap_tail(num_clients: int, rate: float, cap: int) -> float:
     """``P[Binomial(num_clients + 1, rate) > cap]``: the chance a round truncates the cohort."""
     from scipy.stats import binom
@@ -358,6 +361,10 @@ class PrivacyPlan(NamedTuple):
         population: clients in the federation.
         steps: ``[C]`` local steps per round of each client (record level).
         record_rates: ``[C]`` Poisson rate ``B / n_i`` of each client's records (record level).
+        selection: the rule that picks the cohort (client level): ``"uniform"`` or
+            ``"poisson"`` are random and amplify privacy; any other rule (``fastest``,
+            ``oort``, ...) is accounted conservatively, every client charged as if selected
+            every round under replace-one (sensitivity ``2C``).
     """
 
     privacy: Privacy
@@ -368,6 +375,12 @@ class PrivacyPlan(NamedTuple):
     population: int
     steps: tuple = ()
     record_rates: tuple = ()
+    selection: str = "uniform"
+
+    @property
+    def amplified(self) -> bool:
+        """Client sampling is uniformly random, so subsampling amplification applies."""
+        return self.selection in AMPLIFYING_SELECTIONS
 
     @property
     def poisson_clients(self) -> bool:
@@ -388,6 +401,8 @@ class PrivacyPlan(NamedTuple):
     def _client_epsilon(self, z: float, rounds: int) -> tuple[float, float]:
         p = self.privacy
         kwargs = dict(accountant=p.accountant, population=self.population)
+        if not self.amplified:  # every client as if selected every round, replace-one
+            return acc.epsilon(z / 2, rounds, p.delta, accountant=p.accountant), 0.0
         if self.rate >= 1.0:
             return acc.epsilon(z, rounds, p.delta, accountant=p.accountant), 0.0
         if p.sampling == "fixed":  # replace-one: sensitivity 2C, multiplier z / 2
@@ -437,14 +452,23 @@ class PrivacyPlan(NamedTuple):
         }
         if p.level == "client":
             eps, delta_cap = self._client_epsilon(z, rounds)
+            relation = acc.relation_of(p.sampling) if self.rate < 1 else acc.ADD_REMOVE
             info.update(
-                relation=acc.relation_of(p.sampling) if self.rate < 1 else acc.ADD_REMOVE,
+                relation=relation if self.amplified else acc.REPLACE_ONE,
                 unit="client",
                 sampling=p.sampling,
                 sampling_rate=self.rate,
                 cohort_cap=self.cohort,
                 delta_cap=delta_cap,
             )
+            if not self.amplified:
+                info.update(
+                    selection=self.selection,
+                    amplification=(
+                        f"none: selection {self.selection!r} is not uniformly random, so every "
+                        "client is charged as if selected every round (conservative)"
+                    ),
+                )
         else:
             record = p.level == "record"
             per_client = self._per_client(z, np.asarray(participation), record)
@@ -467,12 +491,15 @@ def plan(
     steps: np.ndarray | None = None,
     num_examples: np.ndarray | None = None,
     batch_size: int | None = None,
+    selection: str = "uniform",
 ) -> PrivacyPlan:
     """Resolves ``privacy`` for a run: sampling rate, cohort cap and (if asked) calibration.
 
     ``steps[C]`` and ``num_examples[C]`` (training records per client) and ``batch_size`` are
     needed at record level. Calibration assumes every client joins every round (the worst
     case when clients are sampled) and targets the worst client at record level.
+    ``selection``: the rule that picks the cohort at client level; a rule that is not
+    uniformly random (not in ``AMPLIFYING_SELECTIONS``) is accounted without amplification.
     """
     if privacy.level == "record":
         if batch_size is None:
@@ -515,11 +542,14 @@ def plan(
                 f"max_cohort must be in [clients_per_round={clients_per_round}, "
                 f"num_clients={num_clients}], got {cohort}"
             )
-    out = PrivacyPlan(privacy, 0.0, rate, expected, int(cohort), num_clients)
+    out = PrivacyPlan(privacy, 0.0, rate, expected, int(cohort), num_clients, selection=selection)
     z = privacy.noise_multiplier
     if z is None:
         kwargs = dict(accountant=privacy.accountant, population=num_clients)
-        if rate >= 1.0:
+        if not out.amplified:
+            z = 2 * acc.calibrate_noise_multiplier(privacy.target_epsilon, privacy.delta, rounds,
+                                                   accountant=privacy.accountant)  # fmt: skip
+        elif rate >= 1.0:
             z = acc.calibrate_noise_multiplier(privacy.target_epsilon, privacy.delta, rounds,
                                                accountant=privacy.accountant)  # fmt: skip
         elif privacy.sampling == "fixed":

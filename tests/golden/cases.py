@@ -351,6 +351,18 @@ def _():
     return _sim(_algo(), system=system(_prof(), selection="poisson"))
 
 
+@case("select_poisson_unavailable")
+def _():
+    return _sim(_algo(), system=system(profiles(8, kind="uniform", availability=0.5),
+                                       selection="poisson"))  # fmt: skip
+
+
+@case("system_unavailable_stragglers")
+def _():
+    return _sim(_algo(), system=system(profiles(8, kind="uniform", availability=0.6)),
+                stragglers=0.25)  # fmt: skip
+
+
 @case("system_diurnal")
 def _():
     return _sim(_algo(), system=system(_prof(availability=0.9), diurnal=0.5))

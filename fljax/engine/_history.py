@@ -1,0 +1,230 @@
+"""The host side of a run: what each run keeps between blocks (:class:`RunLog`), the host
+bookkeeping of a block's :class:`RoundMetrics` (participation, bytes, protocol counters) and
+the history entry written at each evaluation."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from fljax.engine._state import NonFiniteUpdateError, RoundMetrics
+from fljax.metrics import HIGHER_IS_BETTER, summarize
+from fljax.privacy import graph_degree
+from fljax.privacy._secagg import SHARE_BYTES
+
+SECAGG_COUNTERS = ("prg_client", "prg_server", "recovered_pairs", "recovery_messages", "dropped")
+
+
+@dataclasses.dataclass
+class RunLog:
+    """What the host keeps for one run between blocks: history, selections, counters."""
+
+    seed: int
+    num_clients: int
+    sweep: dict = dataclasses.field(default_factory=dict)  # this run's swept values
+    history: list = dataclasses.field(default_factory=list)
+    selected: list = dataclasses.field(default_factory=list)
+    contributed: list = dataclasses.field(default_factory=list)
+    num_steps: list = dataclasses.field(default_factory=list)
+    participation: np.ndarray = None
+    totals: dict = None
+
+    def __post_init__(self):
+        self.participation = np.zeros(self.num_clients, np.int64)
+        self.totals = {
+            "up": 0, "down": 0, "async_updates": 0, "async_discarded": 0,
+            "async_staleness": 0, "async_staleness_max": 0,
+            "secagg": dict.fromkeys(SECAGG_COUNTERS, 0),
+        }  # fmt: skip
+
+    def progress(self, round_idx: int) -> dict:
+        """The log as saved with a checkpoint at ``round_idx``."""
+        return {
+            "round": round_idx,
+            "history": self.history,
+            "selected": [a.tolist() for a in self.selected],
+            "contributed": [a.tolist() for a in self.contributed],
+            "num_steps": [a.tolist() for a in self.num_steps],
+            "totals": self.totals,
+        }
+
+    def restore(self, progress: dict) -> None:
+        """The log as it was at a checkpoint (:meth:`progress`)."""
+        self.history.extend(progress["history"])
+        self.selected.extend(np.asarray(a, np.int32) for a in progress["selected"])
+        self.contributed.extend(np.asarray(a, bool) for a in progress["contributed"])
+        self.num_steps.extend(np.asarray(a, np.int32) for a in progress["num_steps"])
+        self.totals.update(progress["totals"])
+        self.participation[:] = self.history[-1]["client_metrics"]["participation"]
+
+
+def json_list(values: np.ndarray) -> list:
+    """Per-client values for JSON: undefined (NaN) entries become ``None``."""
+    return [float(v) if np.isfinite(v) else None for v in values]
+
+
+def stack_rounds(blocks: list, k: int, dtype) -> np.ndarray:
+    """Per-block ``[L, K]`` records as one ``[rounds, K]`` array (``[0, K]`` when none)."""
+    if not blocks:
+        return np.zeros((0, k), dtype)
+    return np.concatenate([np.asarray(b, dtype).reshape(-1, k) for b in blocks], axis=0)
+
+
+@dataclasses.dataclass
+class Recorder:
+    """Turns a run's state and logs into history entries and host totals.
+
+    Attributes:
+        mode: the algorithm's mode; ``wire``: the run's :class:`fljax.engine._setup.Wire`.
+        splits: ``(prefix, compiled scorer, split data, counts)`` evaluated each time.
+        eval_params: ``state -> the params to evaluate`` (per-client for personal models).
+        evaluate_global: scorer of the global model beside personalized ones, or ``None``.
+        test, test_counts: the test split for ``evaluate_global``.
+        extras: ``(entry, state, log) -> None`` hooks adding component records.
+    """
+
+    mode: str
+    wire: Any
+    splits: list
+    eval_params: Callable
+    evaluate_global: Any
+    test: Any
+    test_counts: np.ndarray
+    multi: bool
+    secagg: Any = None
+    callbacks: Sequence[Callable[[dict], None]] = ()
+    extras: list = dataclasses.field(default_factory=list)
+
+    def _scores(self, scorer, params, split, counts, prefix, metrics, client_metrics):
+        for name, values in jax.device_get(scorer(params, *split)).items():
+            values = np.asarray(values, np.float64)
+            client_metrics[f"{prefix}{name}"] = json_list(values)
+            for suffix, v in summarize(values, counts, HIGHER_IS_BETTER[name]).items():
+                metrics[f"{prefix.removeprefix('global_')}{name}{suffix}"] = v
+
+    def record(self, round_idx: int, state, train_losses, log: RunLog) -> dict:
+        """The history entry at ``round_idx``, appended to ``log`` and sent to callbacks."""
+        metrics, client_metrics = {}, {}
+        for prefix, scorer, split, counts in self.splits:
+            self._scores(scorer, self.eval_params(state), split, counts, f"{prefix}_", metrics,
+                         client_metrics)  # fmt: skip
+        metrics["local_loss"] = float(np.mean(train_losses)) if train_losses is not None else None
+        global_metrics = None
+        if self.evaluate_global is not None:
+            global_metrics = {}
+            self._scores(self.evaluate_global, state.params, self.test, self.test_counts,
+                         "global_test_", global_metrics, client_metrics)  # fmt: skip
+        client_metrics["num_test_examples"] = self.test_counts.tolist()
+        client_metrics["participation"] = log.participation.tolist()
+        entry = {
+            "round": round_idx,
+            "metrics": metrics,
+            "client_metrics": client_metrics,
+            "bytes_up": int(log.totals["up"]),
+            "bytes_down": int(log.totals["down"]),
+        }
+        if global_metrics is not None:
+            entry["global_metrics"] = global_metrics
+        for extra in self.extras:
+            extra(entry, state, log, round_idx)
+        if self.multi:
+            entry["seed"] = log.seed
+        if log.sweep:
+            entry["sweep"] = log.sweep
+        log.history.append(entry)
+        for cb in self.callbacks:
+            cb(entry)
+        return entry
+
+    def absorb(self, log: RunLog, metrics: RoundMetrics, start: int, length: int) -> None:
+        """Host bookkeeping of one run's block: who took part, bytes, protocol counters."""
+        if not np.all(metrics.finite):
+            bad = start + int(np.argmin(metrics.finite)) + 1
+            which = f"seed {log.seed}, " if self.multi else ""
+            raise NonFiniteUpdateError(
+                f"{which}round {bad}: the aggregated update is not finite (NaN or inf); lower "
+                f"the learning rates or clip updates. Metrics up to round {start} were kept."
+            )
+        ids = np.asarray(metrics.client_ids)
+        took_part = np.asarray(metrics.contributed)
+        log.selected.append(ids)
+        log.contributed.append(took_part)
+        log.num_steps.append(np.asarray(metrics.num_steps))
+        totals, wire = log.totals, self.wire
+        if self.mode != "centralized":
+            np.add.at(log.participation, ids[took_part], 1)
+        if self.secagg is None:
+            totals["up"] += int(took_part.sum()) * wire.up
+        else:  # every selected client keys and shares; survivors send the masked vector
+            st = metrics.secagg
+            for name in totals["secagg"]:
+                totals["secagg"][name] += int(np.sum(st._asdict()[name]))
+            b = wire.secagg
+            totals["up"] += (
+                int(ids.size) * (b["advertise_keys"] + b["share_keys"])
+                + int(np.sum(st.survivors)) * b["masked_input"]
+                + int(np.sum(st.recovery_messages)) * SHARE_BYTES
+            )
+        totals["down"] += int(np.sum(metrics.sampled)) * wire.down + length * wire.broadcast
+        if self.mode == "async":
+            tau = np.asarray(metrics.staleness)
+            totals["async_updates"] += int(took_part.sum())
+            totals["async_discarded"] += int((~took_part).sum())
+            totals["async_staleness"] += int(tau[took_part].sum())
+            totals["async_staleness_max"] = max(
+                totals["async_staleness_max"], int(tau.max(initial=0))
+            )
+
+
+def adaptive_clip_norm(aggregator_state):
+    """The current clip norm of adaptive clipping, also when wrapped by secure aggregation."""
+    return getattr(aggregator_state, "inner", aggregator_state).clip_norm
+
+
+def component_records(compression, wire, params, system, mode, secagg, width, dp_plan) -> list:
+    """The hooks ``(entry, state, log, round) -> None`` adding each component's record
+    (compression ratio, simulated time, async staleness, SecAgg counters, privacy spent)."""
+    extras = []
+    if compression is not None:
+        ratio = 8 * wire.model / compression.bits(params)
+        extras.append(lambda e, st, log, r: e.__setitem__("compression_ratio", ratio))
+    if system is not None:
+        extras.append(
+            lambda e, st, log, r: e.__setitem__(
+                "sim_time_s", float(jax.device_get(st.system_state.now))
+            )
+        )
+    if mode == "async":
+
+        def async_record(e, st, log, r):
+            t = log.totals
+            done = max(t["async_updates"], 1)
+            e["async"] = {"updates": t["async_updates"], "discarded_stale": t["async_discarded"],
+                          "staleness_mean": t["async_staleness"] / done,
+                          "staleness_max": t["async_staleness_max"]}  # fmt: skip
+
+        extras.append(async_record)
+    if secagg is not None:
+
+        def secagg_record(e, st, log, r):
+            e["secagg"] = {"protocol": secagg.name, "bits": secagg.bits,
+                           "degree": graph_degree(secagg, width), **log.totals["secagg"],
+                           "bytes_per_client": wire.secagg}  # fmt: skip
+
+        extras.append(secagg_record)
+    if dp_plan is not None:
+
+        def privacy_record(e, st, log, r):
+            counts = np.array([r]) if mode == "centralized" else log.participation
+            clip = None
+            if dp_plan.privacy.adaptive is not None:
+                clip = float(jax.device_get(adaptive_clip_norm(st.aggregator_state)))
+            e["privacy"] = dp_plan.report(r, counts, clip)
+            e["epsilon"] = e["privacy"]["epsilon"]
+
+        extras.append(privacy_record)
+    return extras

@@ -1,0 +1,320 @@
+"""The block loop: ``eval_every`` rounds per compiled ``lax.scan`` block, evaluation and
+history between blocks, checkpoints and resume; several seeds / swept hyperparameters as one
+``vmap``ped program along a leading run axis."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fljax._devices import client_mesh, replicated
+from fljax._io import load_state, save_state
+from fljax.algorithms import rebuild
+from fljax.client import evaluate_fn
+from fljax.data import ClientData
+from fljax.engine import _rules, _setup
+from fljax.engine._history import Recorder, RunLog, component_records, stack_rounds
+from fljax.engine._round import build_block, build_round, init_state, initial_state, train_spec
+from fljax.engine._runs import check_seeds, check_sweep
+from fljax.engine._state import ServerState
+from fljax.models import num_params
+
+PyTree = Any
+SERIAL_MODES = ("cyclic", "centralized", "async")  # one client or one buffer at a time
+
+
+@dataclasses.dataclass
+class RunArgs:
+    """The arguments of :func:`fljax.simulate` (documented there)."""
+
+    algorithm: Any
+    model: Any
+    data: Any
+    rounds: int
+    clients_per_round: int
+    seed: int = 0
+    eval_every: int = 1
+    params: PyTree | None = None
+    stragglers: float = 0.0
+    straggler_policy: str = "drop"
+    eval_train: bool = False
+    compression: Any | None = None
+    downlink: Any | None = None
+    privacy: Any | None = None
+    secure_aggregation: Any | None = None
+    system: Any | None = None
+    checkpoint_dir: str | None = None
+    resume: bool = False
+    devices: Sequence[jax.Device] | None = None
+    callbacks: Sequence[Callable[[dict], None]] = ()
+    progress: bool = False
+    seeds: Sequence[int] | None = None
+    sweep: dict | None = None
+    client_chunk: int | None = None
+
+
+def _setup_of(a: RunArgs, clients_per_round: int) -> _rules.Setup:
+    return _rules.Setup(
+        a.algorithm, a.data, clients_per_round, a.stragglers, a.straggler_policy, a.compression,
+        a.downlink, a.privacy, a.secure_aggregation, a.system, a.seeds is not None or bool(a.sweep),
+        a.sweep, a.checkpoint_dir is not None or a.resume,
+    )  # fmt: skip
+
+
+def _wire_algorithm(a: RunArgs, setup: _rules.Setup):
+    """The algorithm with privacy, secure aggregation and compression in its chains."""
+    algorithm, dp_plan = a.algorithm, None
+    if a.privacy is not None:
+        algorithm, dp_plan = _setup.with_privacy(setup, a.rounds)
+    if a.secure_aggregation is not None:
+        algorithm = _setup.with_secagg(setup, algorithm, dp_plan)
+    return _setup.with_compression(algorithm, a.compression), dp_plan
+
+
+@dataclasses.dataclass
+class Run:
+    """A prepared run: the compiled pieces, the state and the host logs."""
+
+    args: RunArgs
+    algorithm: Any
+    state: Any
+    k_rounds: Any
+    train: Any
+    run_block: Any
+    recorder: Recorder
+    logs: list
+    width: int
+    params0: Any
+    mesh: Any
+    compile_s: float = 0.0
+    t_start: float = 0.0
+
+
+def _stacked_start(a, algorithm, round_fn, runs, params, given):
+    """Every run's initial state and rounds key from its own seed, stacked on a run axis."""
+    starts = []
+    for s_, _ in runs:
+        root = jax.random.key(s_)
+        k_init, k_rounds = jax.random.split(root)
+        p = params if given is not None else a.model.init(k_init, a.data.sample())
+        n = train_spec(a.data, algorithm).x.shape[0]
+        starts.append((initial_state(round_fn, algorithm, p, n, root), k_rounds))
+    state = jax.tree.map(lambda *x: jnp.stack(x), *[st for st, _ in starts])
+    return state, jnp.stack([k for _, k in starts])
+
+
+def _swept_block(a, sweep_values, runs, build_args):
+    """The block ``vmap``ped over runs whose algorithm is rebuilt inside the trace from each
+    run's swept values (``fljax.algorithms.rebuild``)."""
+    hp = {k: jnp.asarray([v[i] for _, i in runs], jnp.float32) for k, v in sweep_values.items()}
+
+    def block_for(values, st, key, ids, tr):
+        algo = _setup.with_compression(rebuild(a.algorithm, **values), a.compression)
+        return build_block(build_round(algo, *build_args))(st, key, ids, tr)
+
+    return functools.partial(jax.vmap(block_for, in_axes=(0, 0, 0, None, None)), hp)
+
+
+def _evaluators(a, algorithm, state, test, mesh) -> tuple[list, Callable, Any, float]:
+    """The compiled scorers: test (and train) splits, the global model beside personal ones."""
+    personal, data, model = algorithm.personal, a.data, a.model
+    per_client = algorithm.mode == "local" or personal is not None
+    eval_params = (lambda st: client_models(st, personal)) if per_client else (lambda st: st.params)
+    t0 = time.perf_counter()
+
+    def compiled(per, params, split):
+        fn = evaluate_fn(model, data.task, per, data.metrics, data.loss_options)
+        return jax.jit(fn).lower(params, *split).compile()
+
+    splits = [("test", compiled(per_client, eval_params(state), test), test,
+               np.asarray(data.test.num_examples))]  # fmt: skip
+    if a.eval_train:
+        train_eval = ClientData(*(jnp.asarray(x) for x in data.train))
+        if mesh is not None:
+            train_eval = jax.device_put(train_eval, replicated(mesh))
+        splits.append(("train", compiled(per_client, eval_params(state), train_eval),
+                       train_eval, np.asarray(data.train.num_examples)))  # fmt: skip
+    evaluate_global = None
+    if personal is not None and personal.reports_global:  # Ditto, APFL: the global model too
+        evaluate_global = compiled(False, state.params, test)
+    return splits, eval_params, evaluate_global, time.perf_counter() - t0
+
+
+def prepare(a: RunArgs) -> Run:
+    """Validates ``a``, wires the components, builds the stages and compiles evaluation."""
+    t_start = time.perf_counter()
+    _rules.validate_arguments(a.algorithm, a.model, a.data, a.rounds, a.clients_per_round,
+                              a.eval_every, a.seed, a.stragglers, a.straggler_policy)  # fmt: skip
+    check_seeds(a.seeds)
+    _rules.validate_components(a.compression, a.downlink, a.privacy, a.secure_aggregation,
+                               a.system, a.client_chunk)  # fmt: skip
+    mode = a.algorithm.mode
+    k = {"centralized": 1, "async": a.algorithm.hparams.get("buffer_size")}.get(
+        mode, a.clients_per_round
+    )
+    setup = _setup_of(a, k)
+    _rules.check(setup)
+    sweep_values = check_sweep(a.sweep, a.algorithm)
+    run_seeds = [int(a.seed)] if a.seeds is None else [int(s) for s in a.seeds]
+    n_values = len(next(iter(sweep_values.values()))) if sweep_values else 1
+    runs = [(s_, i) for s_ in run_seeds for i in range(n_values)]
+    multi = a.seeds is not None or bool(sweep_values)
+    algorithm, dp_plan = _wire_algorithm(a, setup)
+    width = _setup.cohort_width(setup, dp_plan)
+    root = jax.random.key(run_seeds[0])
+    params = _setup.initial_params(a.model, a.data, root, a.params)
+    for c in (a.compression, a.downlink):
+        if c is not None:
+            c.bits(params)  # validates fraction / k against the model before compiling
+    num_train_clients = train_spec(a.data, algorithm).x.shape[0]
+    base = init_state(algorithm, params, num_train_clients)
+    wire = _setup.wire_bytes(setup, algorithm, a.model, params, base, width)
+    straggle = _setup.stragglers_of(setup)
+    mesh = None if multi or mode in SERIAL_MODES else client_mesh(width, a.devices)
+    build_args = (a.model, a.data, k, None, straggle, a.downlink, None, a.system, wire.bytes,
+                  a.client_chunk)  # fmt: skip
+    round_fn = build_round(algorithm, a.model, a.data, k, mesh, straggle, a.downlink, dp_plan,
+                           a.system, wire.bytes, a.client_chunk)  # fmt: skip
+    block = build_block(round_fn)
+    state = initial_state(round_fn, algorithm, params, num_train_clients, root)
+    k_rounds = jax.random.split(root)[1]
+    train = ClientData(*(jnp.asarray(x) for x in train_spec(a.data, algorithm)))
+    test = ClientData(*(jnp.asarray(x) for x in a.data.test))
+    if mesh is not None:  # data and server state replicated; per-round client work split
+        state, train, test = jax.device_put((state, train, test), replicated(mesh))
+    # Evaluation is compiled for ONE run's state; with many runs it is applied run by run.
+    splits, eval_params, evaluate_global, compile_s = _evaluators(a, algorithm, state, test, mesh)
+    if multi:
+        state, k_rounds = _stacked_start(a, algorithm, round_fn, runs, params, a.params)
+        block = (_swept_block(a, sweep_values, runs, build_args) if sweep_values
+                 else jax.vmap(block, in_axes=(0, 0, None, None)))  # fmt: skip
+    recorder = Recorder(
+        mode, wire, splits, eval_params, evaluate_global, test,
+        np.asarray(a.data.test.num_examples), multi, a.secure_aggregation, a.callbacks,
+        component_records(a.compression, wire, params, a.system, mode, a.secure_aggregation,
+                          width, dp_plan),
+    )  # fmt: skip
+    logs = [RunLog(s_, a.data.num_clients, {kk: v[i] for kk, v in sweep_values.items()})
+            for s_, i in runs]  # fmt: skip
+    return Run(a, algorithm, state, k_rounds, train, jax.jit(block), recorder, logs, width,
+               params, mesh, compile_s, t_start)  # fmt: skip
+
+
+def client_models(state: ServerState, personal=None) -> PyTree:
+    """Every client's own model stacked ``[C, ...]`` from ``state``: its personalized model
+    (``personal.model(global, client_state)``) or, without ``personal``, its local model."""
+    if personal is None:
+        return state.client_states
+    return jax.vmap(personal.model, in_axes=(None, 0))(state.params, state.client_states)
+
+
+def _run_of(run: Run, tree, i: int):
+    """Run ``i``'s slice of a pytree stacked over runs (the tree itself for one run)."""
+    return jax.tree.map(lambda x: x[i], tree) if run.recorder.multi else tree
+
+
+def _record_start(run: Run) -> int:
+    """Round 0: every run's first history entry and checkpoint."""
+    for i, log in enumerate(run.logs):
+        run.recorder.record(0, _run_of(run, run.state, i), None, log)
+    _checkpoint(run, 0)
+    return 0
+
+
+def _begin(run: Run, bar) -> int:
+    """Records round 0, or restores the checkpoint when resuming; the round to start from."""
+    a = run.args
+    if not a.resume:
+        return _record_start(run)
+    if a.checkpoint_dir is None:
+        raise ValueError("resume=True needs checkpoint_dir")
+    restored = load_state(a.checkpoint_dir, jax.device_get(run.state))
+    if restored is None:  # nothing saved yet: a fresh start
+        return _record_start(run)
+    host_state, progress = restored
+    run.state = (jax.device_put(host_state, replicated(run.mesh)) if run.mesh is not None
+                 else jax.tree.map(jnp.asarray, host_state))  # fmt: skip
+    start = int(progress["round"])
+    if start > a.rounds:
+        raise ValueError(f"the checkpoint is at round {start}, past rounds={a.rounds}")
+    run.logs[0].restore(progress)
+    if bar is not None:
+        bar.update(start)
+    return start
+
+
+def _checkpoint(run: Run, round_idx: int) -> None:
+    if run.args.checkpoint_dir is None:
+        return
+    save_state(run.args.checkpoint_dir, jax.device_get(run.state),
+               run.logs[0].progress(round_idx))  # fmt: skip
+
+
+def _block(run: Run, start: int, compiled: dict) -> int:
+    """Runs one block of rounds from ``start``; returns the round it ends at."""
+    a = run.args
+    end = min(start + a.eval_every, a.rounds)
+    length = end - start
+    round_ids = jnp.arange(start, end, dtype=jnp.int32)
+    if length not in compiled:
+        t0 = time.perf_counter()
+        compiled[length] = run.run_block.lower(run.state, run.k_rounds, round_ids,
+                                               run.train).compile()  # fmt: skip
+        run.compile_s += time.perf_counter() - t0
+    run.state, metrics = compiled[length](run.state, run.k_rounds, round_ids, run.train)
+    metrics = jax.device_get(metrics)
+    for i, log in enumerate(run.logs):
+        run.recorder.absorb(log, _run_of(run, metrics, i), start, length)
+        run.recorder.record(end, _run_of(run, run.state, i), _run_of(run, metrics.train_loss, i),
+                            log)  # fmt: skip
+    _checkpoint(run, end)
+    return end
+
+
+def execute(run: Run) -> list:
+    """Runs every block; one :class:`fljax.SimulationResult` per run."""
+    from fljax.simulate import SimulationResult
+
+    a, bar = run.args, None
+    if a.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=a.rounds, unit="round", desc=f"{run.algorithm.name}/{a.data.name}")
+    compiled: dict[int, Any] = {}
+    try:
+        start = _begin(run, bar)
+        while start < a.rounds:
+            end = _block(run, start, compiled)
+            if bar is not None:
+                m = run.logs[-1].history[-1]["metrics"]
+                bar.set_postfix({k: f"{m[k]:.4f}" for k in ("test_loss", "test_accuracy")
+                                 if k in m})  # fmt: skip
+                bar.update(end - start)
+            start = end
+    finally:
+        if bar is not None:
+            bar.close()
+    wall_s = time.perf_counter() - run.t_start
+    return [
+        SimulationResult(
+            params=_run_of(run, run.state, i).params,
+            history=log.history,
+            state=_run_of(run, run.state, i),
+            num_params=num_params(run.params0),
+            wall_s=wall_s,
+            compile_s=run.compile_s,
+            selected=stack_rounds(log.selected, run.width, np.int32),
+            contributed=stack_rounds(log.contributed, run.width, bool),
+            num_steps=stack_rounds(log.num_steps, run.width, np.int32),
+            personal=run.algorithm.personal,
+            mode=run.algorithm.mode,
+        )
+        for i, log in enumerate(run.logs)
+    ]

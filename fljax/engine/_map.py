@@ -1,0 +1,90 @@
+"""The two primitives that carry all client parallelism: ``map_clients`` and ``reduce``.
+
+``map_clients`` is the only place that vmaps, chunks or shards clients. ``reduce`` turns the
+cohort's messages into one aggregate: densely (the aggregator sees ``[K, ...]``), or streamed
+chunk by chunk for a linear aggregator (a ``lax.scan`` carry of the weighted sum; no
+``[K, ...]`` stack of messages exists).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from fljax._devices import client_sharding
+from fljax.aggregate import weighted_sum
+
+PyTree = Any
+
+
+class ClientMap(NamedTuple):
+    """How the clients of a round are mapped (static).
+
+    Attributes:
+        chunk: clients per ``vmap``ped chunk (``lax.map`` over chunks), or ``None``: one
+            ``vmap`` over the cohort.
+        mesh: a ``clients`` mesh to split the cohort's inputs over, or ``None``.
+    """
+
+    chunk: int | None = None
+    mesh: jax.sharding.Mesh | None = None
+
+    def shard(self, tree: PyTree) -> PyTree:
+        """``tree``'s leading (client) axis split over the mesh (unchanged without one)."""
+        if self.mesh is None:
+            return tree
+        return jax.lax.with_sharding_constraint(tree, client_sharding(self.mesh))
+
+    def __call__(self, fn: Callable, *per_client: PyTree) -> PyTree:
+        """``fn`` over the leading (client) axis of ``per_client``: one ``vmap``, or
+        ``lax.map`` over chunks of ``chunk`` clients (each chunk ``vmap``ped)."""
+        k = jax.tree.leaves(per_client)[0].shape[0]
+        if self.chunk is None or self.chunk >= k:
+            return jax.vmap(fn)(*per_client)
+        return jax.lax.map(lambda a: fn(*a), per_client, batch_size=self.chunk)
+
+    def streams(self, aggregator, k: int) -> bool:
+        """Whether a cohort of ``k`` reduces chunk by chunk: a linear aggregator and chunks
+        smaller than the cohort."""
+        return self.chunk is not None and aggregator.linear and self.chunk < k
+
+    def stream(
+        self,
+        train_client: Callable,
+        transform: Callable,
+        per_client: tuple,
+        chain_states: PyTree,
+        chain_keys: jax.Array,
+        weights: jax.Array,
+        params: PyTree,
+    ):
+        """Local training, the client chain and the weighted sum, chunk by chunk.
+
+        Returns ``(sum_k w_k delta_k, outputs without deltas [K], chain states [K])``. The last
+        chunk is padded with weight-0 copies of the last client.
+        """
+        k, c = weights.shape[0], self.chunk
+        m = -(-k // c)
+
+        def chunked(a):
+            if m * c > k:
+                a = jnp.concatenate([a, jnp.repeat(a[-1:], m * c - k, axis=0)])
+            return a.reshape(m, c, *a.shape[1:])
+
+        w = jnp.concatenate([weights, jnp.zeros((m * c - k,), weights.dtype)])
+        xs = (*jax.tree.map(chunked, (per_client, chain_states, chain_keys)), w.reshape(m, c))
+
+        def body(acc, chunk):
+            args, ts, tk, w = chunk
+            out = jax.vmap(train_client)(*args)
+            deltas, ts = jax.vmap(transform)(out.delta, ts, tk)
+            acc = jax.tree.map(jnp.add, acc, weighted_sum(deltas, w))
+            return acc, (out._replace(delta=()), ts)
+
+        acc0 = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+        total, (out, ts) = jax.lax.scan(body, acc0, xs)
+        unchunk = lambda a: a.reshape(m * c, *a.shape[2:])[:k]  # noqa: E731
+        return total, jax.tree.map(unchunk, out), jax.tree.map(unchunk, ts)

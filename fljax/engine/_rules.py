@@ -1,0 +1,245 @@
+"""What each stage requires, checked in one table before anything compiles.
+
+Every combination rule of the engine is one :class:`Rule` in :data:`RULES`: the feature, what
+it requires, a predicate and the reason shown to the user. :func:`check` runs the table over a
+run's :class:`Setup` and raises a ``ValueError`` naming the first rule broken. Argument checks
+(types and ranges of single arguments) come first in :func:`validate_arguments`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from fljax.algorithms import Algorithm
+from fljax.compress import Compressor
+from fljax.data import FederatedData
+from fljax.models import Model
+from fljax.privacy import Privacy, SecAgg
+from fljax.privacy._mechanisms import AMPLIFYING_SELECTIONS
+from fljax.system import SystemModel
+
+DP_MEAN_ALGORITHMS = ("fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "fedprox")
+SECAGG_COMPRESSORS = ("selective",)
+
+
+class Setup(NamedTuple):
+    """A run's configuration as the rules see it (``algorithm`` as the user built it)."""
+
+    algorithm: Algorithm
+    data: FederatedData
+    clients_per_round: int
+    stragglers: float
+    straggler_policy: str
+    compression: Any
+    downlink: Any
+    privacy: Any
+    secagg: Any
+    system: Any
+    multi: bool
+    sweep: Any
+    checkpoint: bool  # checkpoint_dir or resume was given
+
+    @property
+    def mode(self) -> str:
+        return self.algorithm.mode
+
+    @property
+    def level(self) -> str | None:
+        return None if self.privacy is None else self.privacy.level
+
+
+class Rule(NamedTuple):
+    """``feature`` requires ``holds(setup)`` whenever ``applies(setup)``; else ``reason``."""
+
+    feature: str
+    applies: Callable[[Setup], bool]
+    holds: Callable[[Setup], bool]
+    reason: Callable[[Setup], str]
+
+
+def _name(s: Setup) -> str:
+    return s.algorithm.name
+
+
+def _selection(s: Setup) -> str:
+    return "uniform" if s.system is None else s.system.selection
+
+
+RULES: tuple[Rule, ...] = (
+    # --- local work
+    Rule("stragglers", lambda s: s.stragglers > 0, lambda s: s.mode == "federated",
+         lambda s: f"stragglers need mode='federated', not {s.mode!r} (asynchronous "
+                   "training takes its delays from the device profiles)"),
+    Rule("stragglers", lambda s: s.stragglers > 0 and s.straggler_policy == "partial",
+         lambda s: (s.algorithm.local_epochs or max(np.atleast_1d(s.algorithm.local_steps))) >= 2,
+         lambda s: "straggler_policy='partial' needs local_epochs >= 2 (or local_steps >= 2): "
+                   "stragglers do a uniform 1..E-1 epochs"),
+    Rule("mode='cyclic'", lambda s: s.mode == "cyclic",
+         lambda s: not (s.algorithm.client_state_init or s.algorithm.server_state_init
+                        or s.algorithm.client_finalize),
+         lambda s: "mode='cyclic' supports no client or server algorithm state"),
+    # --- the client chain
+    Rule("compression", lambda s: s.compression is not None,
+         lambda s: s.mode in ("federated", "async"),
+         lambda s: f"compression needs a mode whose clients send updates ('federated' or "
+                   f"'async'), not {s.mode!r}"),
+    Rule("downlink", lambda s: s.downlink is not None, lambda s: s.mode in ("federated",),
+         lambda s: f"downlink compression needs mode='federated', not {s.mode!r}: "
+                   "asynchronous clients start from the stale models they received"),
+    Rule("downlink", lambda s: s.downlink is not None,
+         lambda s: not s.downlink.hparams.get("error_feedback"),
+         lambda s: "downlink already carries the untransmitted gap x - x_hat over; build the "
+                   "downlink compressor with error_feedback=False"),
+    # --- privacy
+    Rule("privacy", lambda s: s.privacy is not None,
+         lambda s: s.algorithm.client_finalize is None,
+         lambda s: f"privacy={s.privacy.name!r} cannot protect algorithm {_name(s)!r}: its "
+                   "extra per-client upload (control variates, gradient memory) is not "
+                   f"privatized; use one of {DP_MEAN_ALGORITHMS}"),
+    Rule("privacy", lambda s: s.level == "local", lambda s: s.mode in ("federated", "async"),
+         lambda s: f"privacy={s.privacy.name!r} needs clients that send updates "
+                   f"(mode 'federated' or 'async'), not {s.mode!r}"),
+    Rule("privacy", lambda s: s.level == "client", lambda s: s.mode == "federated",
+         lambda s: f"privacy={s.privacy.name!r} needs mode='federated', not {s.mode!r}: "
+                   "an asynchronous buffer has no fixed cohort to account for"),
+    Rule("privacy", lambda s: s.level == "client",
+         lambda s: _name(s) in DP_MEAN_ALGORITHMS,
+         lambda s: f"client-level DP replaces the aggregator with a clipped noisy mean, which "
+                   f"changes algorithm {_name(s)!r}; use one of {DP_MEAN_ALGORITHMS}"),
+    Rule("privacy", lambda s: s.level == "record", lambda s: s.algorithm.batch_size is not None,
+         lambda s: "privacy='dp_sgd' needs a minibatch algorithm (batch_size set)"),
+    Rule("privacy", lambda s: s.level == "record", lambda s: s.data.task != "survival",
+         lambda s: "privacy='dp_sgd' needs a per-example loss; the Cox loss of "
+                   "task='survival' couples the records of a batch"),
+    Rule("privacy", lambda s: s.level == "client" and s.privacy.sampling == "poisson",
+         lambda s: _selection(s) == "uniform",
+         lambda s: f"client-level DP with sampling='poisson' selects the cohort itself; the "
+                   f"system's selection={_selection(s)!r} would override it. Use "
+                   "selection='uniform' (Poisson among all, the unreachable drop out) or "
+                   "sampling='fixed' (then the selection rule is accounted as below)"),
+    Rule("privacy", lambda s: s.level == "client" and s.privacy.sampling == "fixed",
+         lambda s: _selection(s) != "poisson",
+         lambda s: "system selection='poisson' with client-level DP: set the privacy "
+                   "mechanism's sampling='poisson' instead, so that it is accounted as such"),
+    # --- secure aggregation
+    Rule("secure_aggregation", lambda s: s.secagg is not None, lambda s: s.mode == "federated",
+         lambda s: f"secure aggregation needs mode='federated', not {s.mode!r}"),
+    Rule("secure_aggregation", lambda s: s.secagg is not None,
+         lambda s: _name(s) in DP_MEAN_ALGORITHMS and s.algorithm.client_finalize is None,
+         lambda s: f"secure aggregation replaces the server's sum; algorithm {_name(s)!r} is "
+                   f"not a (weighted) mean of deltas; use one of {DP_MEAN_ALGORITHMS}"),
+    Rule("secure_aggregation", lambda s: s.secagg is not None and s.compression is not None,
+         lambda s: s.compression.name in SECAGG_COMPRESSORS,
+         lambda s: f"compression={s.compression.name!r} does not compose with secure "
+                   "aggregation: masks make every message a dense ring vector, so sparsifiers "
+                   "with client-specific indices (topk, randk) lose their savings, and "
+                   "per-client scales or factors (qsgd, sign, powersgd) do not add up in the "
+                   f"ring; the ring encoding (bits=) is the quantizer. Composable: "
+                   f"{SECAGG_COMPRESSORS}"),
+    Rule("secure_aggregation", lambda s: s.secagg is not None and s.compression is not None,
+         lambda s: not s.compression.hparams.get("error_feedback"),
+         lambda s: "error feedback is not needed with selective sharing; set it off"),
+    # --- system heterogeneity and asynchrony
+    Rule("mode='async'", lambda s: s.mode == "async", lambda s: s.system is not None,
+         lambda s: f"{_name(s)!r} is asynchronous: give system= (fljax.system.system("
+                   "profiles)); the device profiles decide which clients finish first"),
+    Rule("mode='async'", lambda s: s.mode == "async", lambda s: s.secagg is None,
+         lambda s: f"secure_aggregation= with asynchronous {_name(s)!r}: a secure sum needs "
+                   "the whole cohort's masked inputs in one round, a buffer fills over time"),
+    Rule("mode='async'", lambda s: s.mode == "async",
+         lambda s: s.algorithm.hparams["concurrency"] <= s.data.num_clients,
+         lambda s: f"concurrency={s.algorithm.hparams['concurrency']} exceeds the "
+                   f"federation's {s.data.num_clients} clients"),
+    Rule("system", lambda s: s.system is not None, lambda s: s.mode in ("federated", "async"),
+         lambda s: f"system= needs mode='federated' or 'async', not {s.mode!r}"),
+    Rule("system", lambda s: s.system is not None,
+         lambda s: len(s.system.profiles.speed) == s.data.num_clients,
+         lambda s: f"system profiles describe {len(s.system.profiles.speed)} clients but the "
+                   f"federation has {s.data.num_clients}"),
+    Rule("system", lambda s: s.system is not None and s.system.candidates is not None,
+         lambda s: s.clients_per_round <= s.system.candidates <= s.data.num_clients,
+         lambda s: f"candidates must be in [clients_per_round={s.clients_per_round}, "
+                   f"num_clients={s.data.num_clients}], got {s.system.candidates}"),
+    # --- many runs in one program
+    Rule("seeds", lambda s: s.multi and s.sweep is None, lambda s: not s.checkpoint,
+         lambda s: "checkpoint_dir / resume are for one run; leave them unset with seeds"),
+    Rule("sweep", lambda s: s.sweep is not None,
+         lambda s: s.privacy is None and s.secagg is None,
+         lambda s: "sweep does not compose with privacy or secure_aggregation; run each "
+                   "value separately"),
+    Rule("sweep", lambda s: s.sweep is not None, lambda s: not s.checkpoint,
+         lambda s: "checkpoint_dir is for one run; leave it unset with sweep"),
+)  # fmt: skip
+
+
+def check(setup: Setup) -> None:
+    """Raises ``ValueError`` with the reason of the first rule of :data:`RULES` broken."""
+    for rule in RULES:
+        if rule.applies(setup) and not rule.holds(setup):
+            raise ValueError(rule.reason(setup))
+
+
+def amplified_selection(setup: Setup) -> str:
+    """The selection rule the client-level accountant is told about."""
+    if setup.privacy is not None and setup.privacy.sampling == "poisson":
+        return "poisson"
+    rule = _selection(setup)
+    return rule if rule not in AMPLIFYING_SELECTIONS else "uniform"
+
+
+def validate_arguments(algorithm, model, data, rounds, clients_per_round, eval_every, seed,
+                       stragglers, straggler_policy) -> None:  # fmt: skip
+    """Type and range checks of single arguments of :func:`fljax.simulate`."""
+    from fljax.engine._clock import STRAGGLER_POLICIES
+
+    for name, value, kind in (("algorithm", algorithm, Algorithm), ("model", model, Model),
+                              ("data", data, FederatedData)):  # fmt: skip
+        if not isinstance(value, kind):
+            raise ValueError(f"{name} must be an fljax {kind.__name__}, got "
+                             f"{type(value).__name__}")  # fmt: skip
+    for name, value in (("rounds", rounds), ("eval_every", eval_every)):
+        if not isinstance(value, int | np.integer) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if algorithm.mode != "centralized" and (
+        not isinstance(clients_per_round, int | np.integer)
+        or not (1 <= clients_per_round <= data.num_clients)
+    ):
+        raise ValueError(
+            f"clients_per_round must be an integer in [1, num_clients={data.num_clients}], "
+            f"got {clients_per_round!r}"
+        )
+    if not isinstance(seed, int | np.integer):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    if int(data.test.num_examples.sum()) == 0:
+        raise ValueError("the federation has no test examples (test_fraction=0?)")
+    if isinstance(algorithm.local_steps, tuple):
+        if algorithm.mode == "centralized":
+            raise ValueError("per-client local_steps make no sense for centralized training")
+        if len(algorithm.local_steps) != data.num_clients:
+            raise ValueError(
+                f"local_steps has {len(algorithm.local_steps)} entries but the federation has "
+                f"{data.num_clients} clients"
+            )
+    if not 0.0 <= stragglers < 1.0:
+        raise ValueError(f"stragglers must be a fraction in [0, 1), got {stragglers}")
+    if straggler_policy not in STRAGGLER_POLICIES:
+        raise ValueError(
+            f"straggler_policy={straggler_policy!r} is not one of {STRAGGLER_POLICIES}"
+        )
+
+
+def validate_components(compression, downlink, privacy, secagg, system, client_chunk) -> None:
+    """Each optional component is of the kind its argument expects."""
+    for name, value, kind in (("compression", compression, Compressor),
+                              ("downlink", downlink, Compressor), ("privacy", privacy, Privacy),
+                              ("secure_aggregation", secagg, SecAgg),
+                              ("system", system, SystemModel)):  # fmt: skip
+        if value is not None and not isinstance(value, kind):
+            raise ValueError(f"{name} must be a fljax {kind.__name__}, got {value!r}")
+    if client_chunk is not None and (
+        isinstance(client_chunk, bool) or not isinstance(client_chunk, int) or client_chunk < 1
+    ):
+        raise ValueError(f"client_chunk must be a positive integer or None, got {client_chunk!r}")

@@ -1,0 +1,206 @@
+"""The stage engine: a contract over every stage of every mode (pure, jit and vmap cleanly,
+state a pytree that keeps its structure and survives a checkpoint round trip, keys never
+reused), the requirement table, and the combinations the stages made possible, each against a
+reference."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import fljax
+from fljax import compress
+from fljax import privacy as P
+from fljax._io import load_state, save_state
+from fljax.data import ClientData
+from fljax.engine import (
+    RULES,
+    AsyncKeys,
+    LocalKeys,
+    Stage,
+    SyncKeys,
+    build_round,
+    initial_state,
+)
+from fljax.engine._context import ASYNC_START_FOLD, AVAILABILITY_FOLD, CYCLE_ORDER_FOLD
+from fljax.system import profiles, system
+
+MODEL = fljax.models.get("logistic", num_classes=2)
+
+
+def _algo(name="fedavg", **kw):
+    return fljax.algorithms.get(name, **({"client_lr": 0.1, "local_epochs": 1, "batch_size": 16}
+                                         | kw))  # fmt: skip
+
+
+def _fed():
+    return fljax.data.load("breast_cancer", num_clients=8, partition="dirichlet", alpha=0.5,
+                           seed=0)  # fmt: skip
+
+
+SYSTEM = system(profiles(8, kind="hospital", seed=0), deadline=2.0)
+ROUNDS = {
+    "federated": lambda: (_algo("scaffold"), dict(system=SYSTEM, downlink=compress.topk(0.5))),
+    "compressed": lambda: (_algo(), dict(compression=compress.get("topk", fraction=0.3,
+                                                                  error_feedback=True))),
+    "chunked": lambda: (_algo(), dict(client_chunk=3)),
+    "cyclic": lambda: (_algo("cyclic", shuffle=True), {}),
+    "local": lambda: (_algo("local"), {}),
+    "centralized": lambda: (_algo("centralized"), {}),
+    "async": lambda: (_algo("fedbuff", buffer_size=3, concurrency=5), dict(system=SYSTEM)),
+}  # fmt: skip
+
+
+def _arr(a):
+    """A leaf as a NumPy array (PRNG keys as their key data)."""
+    if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+        a = jax.random.key_data(a)
+    return np.asarray(a)
+
+
+def _round(name):
+    fed = _fed()
+    algo, kw = ROUNDS[name]()
+    k = 3 if algo.mode != "centralized" else 1
+    if algo.mode == "async":
+        k = algo.hparams["buffer_size"]
+    spec = fljax.engine._round.train_spec(fed, algo)
+    wire = (400.0, 400.0)
+    round_fn = build_round(algo, MODEL, fed, k, None, None, kw.get("downlink"), None,
+                           kw.get("system"), wire, kw.get("client_chunk"))  # fmt: skip
+    if "compression" in kw:
+        algo = algo._replace(client_transform=fljax.chain(algo.client_transform,
+                                                          kw["compression"].transform))
+        round_fn = build_round(algo, MODEL, fed, k)
+    params = MODEL.init(jax.random.key(0), fed.sample())
+    state = initial_state(round_fn, algo, params, spec.x.shape[0], jax.random.key(1))
+    train = ClientData(*(jnp.asarray(a) for a in spec))
+    return round_fn, state, train
+
+
+@pytest.mark.parametrize("name", sorted(ROUNDS))
+def test_every_stage_of_every_mode_honours_the_contract(name, tmp_path):
+    round_fn, state, train = _round(name)
+    names = [s.name for s in round_fn.stages]
+    assert all(isinstance(s, Stage) for s in round_fn.stages)
+    assert len(names) == len(set(names)), names  # one stage per job
+    step = jax.jit(round_fn)
+    key = jax.random.key(7)
+    s1, m1 = step(state, key, train)
+    s2, m2 = step(state, key, train)  # pure: same inputs, same outputs, bit for bit
+    for a, b in zip(jax.tree.leaves((s1, m1)), jax.tree.leaves((s2, m2)), strict=True):
+        np.testing.assert_array_equal(_arr(a), _arr(b))
+    # A lax.scan carry: the state keeps its structure, shapes and dtypes.
+    assert jax.tree.structure(s1) == jax.tree.structure(state)
+    for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(state), strict=True):
+        assert (a.shape, a.dtype) == (b.shape, b.dtype)
+    assert int(s1.round) == 1 and bool(m1.finite)
+    # vmaps cleanly over a leading run axis (what seeds= does).
+    two = jax.tree.map(lambda a: jnp.stack([a, a]), state)
+    vs, _ = jax.jit(jax.vmap(round_fn, in_axes=(0, 0, None)))(
+        two, jax.random.split(key), train
+    )
+    assert jax.tree.structure(vs) == jax.tree.structure(state)
+    # Survives a checkpoint round trip.
+    save_state(str(tmp_path), jax.device_get(s1), {"round": 1})
+    back, progress = load_state(str(tmp_path), jax.device_get(s1))
+    assert progress["round"] == 1
+    for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(jax.device_get(s1)), strict=True):
+        np.testing.assert_array_equal(_arr(a), _arr(b))
+
+
+def test_round_keys_are_distinct_and_named():
+    key = jax.random.key(3)
+    for kind in (SyncKeys, AsyncKeys, LocalKeys):
+        keys = kind.of(key)
+        data = {tuple(np.asarray(jax.random.key_data(k)).tolist()) for k in keys}
+        assert len(data) == len(keys), kind.__name__  # no key reused for two purposes
+    sync = SyncKeys.of(key)
+    np.testing.assert_array_equal(
+        jax.random.key_data(sync.availability),
+        jax.random.key_data(jax.random.fold_in(key, AVAILABILITY_FOLD)),
+    )
+    assert len({ASYNC_START_FOLD, AVAILABILITY_FOLD, CYCLE_ORDER_FOLD}) == 3
+
+
+def test_requirement_table_names_a_reason_for_every_rule():
+    assert len(RULES) >= 20
+    features = {r.feature for r in RULES}
+    assert {"privacy", "secure_aggregation", "compression", "system", "sweep"} <= features
+
+
+# ------------------------------------------------------------------- combinations now allowed
+def _sim(algo, **kw):
+    args = dict(rounds=4, clients_per_round=4, seed=0, eval_every=2) | kw
+    return fljax.simulate(algo, MODEL, _fed(), **args)
+
+
+ASYNC = dict(system=system(profiles(8, kind="hospital", seed=0)), rounds=5)
+
+
+def _close(a, b, tol=0.0):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=tol, atol=tol)
+
+
+def test_async_with_dense_compression_equals_async():
+    algo = _algo("fedbuff", buffer_size=3, concurrency=5)
+    plain = _sim(algo, **ASYNC)
+    dense = _sim(algo, compression=compress.selective(".*"), **ASYNC)
+    _close(plain.params, dense.params)
+    assert plain.history[-1]["metrics"] == dense.history[-1]["metrics"]
+
+
+def test_async_with_topk_error_feedback_and_local_dp_runs_and_counts():
+    algo = _algo("fedbuff", buffer_size=3, concurrency=5)
+    plain = _sim(algo, **ASYNC)
+    top = _sim(algo, compression=compress.get("topk", fraction=0.25, error_feedback=True),
+               **ASYNC)  # fmt: skip
+    assert top.history[-1]["bytes_up"] < plain.history[-1]["bytes_up"]
+    assert top.history[-1]["compression_ratio"] > 1
+    residuals = jax.tree.leaves(top.state.client_transform_states)
+    assert any(float(jnp.abs(r).sum()) > 0 for r in residuals)  # EF residuals persisted
+    dp = _sim(algo, privacy=P.get("local_dp", clip_norm=1.0, noise_multiplier=1.0), **ASYNC)
+    assert dp.history[-1]["epsilon"] > 0
+    assert dp.history[-1]["privacy"]["level"] == "local"
+
+
+def test_async_in_chunks_equals_async():
+    algo = _algo("fedasync", concurrency=4)
+    _close(_sim(algo, **ASYNC).params, _sim(algo, client_chunk=1, **ASYNC).params, 1e-6)
+
+
+def test_client_dp_with_non_random_selection_is_accounted_conservatively():
+    dp = P.get("central_dp", clip_norm=1.0, noise_multiplier=2.0, sampling="fixed")
+    uniform = _sim(_algo(), privacy=dp)
+    fastest = _sim(_algo(), privacy=dp, system=system(profiles(8, kind="hospital", seed=0),
+                                                      selection="fastest"))  # fmt: skip
+    info = fastest.history[-1]["privacy"]
+    assert info["selection"] == "fastest" and "conservative" in info["amplification"]
+    # Every client charged as if selected in all 4 rounds, replace-one (z / 2), no sampling.
+    assert info["epsilon"] == pytest.approx(P.epsilon(1.0, 4, 1e-5))
+    assert info["epsilon"] > uniform.history[-1]["epsilon"]
+    assert "amplification" not in uniform.history[-1]["privacy"]
+
+
+def test_poisson_client_dp_composes_with_availability():
+    dp = P.get("central_dp", clip_norm=1.0, noise_multiplier=1.0)
+    sys_model = system(profiles(8, kind="uniform", availability=0.5))
+    res = _sim(_algo(), privacy=dp, system=sys_model)
+    plain = _sim(_algo(), privacy=dp)
+    np.testing.assert_array_equal(res.selected, plain.selected)  # the same Poisson draws
+    assert res.contributed.sum() < plain.contributed.sum()  # the unreachable drop out
+    assert res.history[-1]["epsilon"] == plain.history[-1]["epsilon"]
+    with pytest.raises(ValueError, match="selection='fastest'"):
+        _sim(_algo(), privacy=dp, system=system(profiles(8), selection="fastest"))
+
+
+def test_client_params_are_each_clients_model():
+    scaffold = _sim(_algo("scaffold"))
+    stacked = scaffold.client_params
+    for leaf, g in zip(jax.tree.leaves(stacked), jax.tree.leaves(scaffold.params), strict=True):
+        assert leaf.shape == (8, *g.shape)
+        np.testing.assert_array_equal(np.asarray(leaf[3]), np.asarray(g))
+    local = _sim(_algo("local"))
+    own = jax.tree.leaves(local.client_params)[0]
+    assert own.shape[0] == 8 and not np.allclose(own[0], own[1])
