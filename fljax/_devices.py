@@ -49,9 +49,51 @@ def client_mesh(clients_per_round: int, devices: Sequence[jax.Device] | None = N
 
 
 def client_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (client) axis split over the mesh."""
+    """Leading (client) axis split over the mesh's ``clients`` axis."""
     return NamedSharding(mesh, PartitionSpec(CLIENT_AXIS))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
+
+
+def run_mesh(num_runs: int, clients_per_round: int, devices=None) -> Mesh | None:
+    """A 2-D ``("runs", "clients")`` mesh for many runs in one program: the cohort split as by
+    :func:`client_mesh`, the runs over the largest number of the remaining devices that
+    divides ``num_runs``. ``None`` when there is nothing to split."""
+    devices = list(jax.local_devices() if devices is None else devices)
+    clients = client_mesh(clients_per_round, devices)
+    c = 1 if clients is None else clients.devices.size
+    r = max(k for k in range(1, len(devices) // c + 1) if num_runs % k == 0)
+    if r * c == 1:
+        return None
+    return Mesh(np.array(devices[: r * c]).reshape(r, c), (RUN_AXIS, CLIENT_AXIS))
+
+
+RUN_AXIS = "runs"
+
+
+def run_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (run) axis split over the mesh's ``runs`` axis, the rest replicated."""
+    return NamedSharding(mesh, PartitionSpec(RUN_AXIS))
+
+
+def client_count(mesh: Mesh) -> int:
+    """Devices along the ``clients`` axis."""
+    return int(mesh.shape[CLIENT_AXIS])
+
+
+def shard_clients(tree, mesh: Mesh):
+    """``tree``'s leading (client) axis split over the mesh's ``clients`` axis (replicated
+    over ``runs``): padded with zeros to a multiple of the device count, so that each device
+    holds about ``1 / D`` of the federation. Rows past the real clients are never selected."""
+    d = client_count(mesh)
+
+    def pad(a):
+        a = np.asarray(a)
+        extra = -a.shape[0] % d
+        if extra:
+            a = np.concatenate([a, np.zeros((extra, *a.shape[1:]), a.dtype)])
+        return a
+
+    return jax.device_put(jax.tree.map(pad, tree), client_sharding(mesh))

@@ -118,10 +118,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> SimulationResult:
     if sweep is not None:  # float hyperparameters vmapped in the same program
         sweep = OmegaConf.to_container(sweep) if isinstance(sweep, DictConfig) else dict(sweep)
         seeds = seeds if seeds is not None else [int(cfg.seed)]
-    if seeds is not None:  # one vmapped program; a sub-folder per run
+    if seeds is not None:  # one vmapped program; a sub-folder per run, one resume state
         seeds = [int(x) for x in seeds]
-        if resume:
-            raise ValueError("resume=true continues one run; not with seeds=[...] or sweep=")
     n_values = len(next(iter(sweep.values()))) if sweep else 1
     runs = [(x, {k: float(v[i]) for k, v in (sweep or {}).items()})
             for x in (seeds or []) for i in range(n_values)]  # fmt: skip
@@ -130,8 +128,6 @@ def run(cfg: DictConfig, run_dir: str | Path) -> SimulationResult:
         return run_dir / ("seed_" + str(seed_) + "".join(f"_{k}_{v:g}" for k, v in values.items()))
 
     state_dir = run_dir / RESUME_DIR if cfg.get("save_state", True) or resume else None
-    if seeds is not None:
-        state_dir = None
     keep_until = None
     if resume:
         progress = state_dir / PROGRESS_FILE
@@ -142,7 +138,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> SimulationResult:
         writer = MetricsWriter(run_dir, keep_until=keep_until)
         loggers = _loggers(cfg, run_dir)
     else:
-        writers = {(x, tuple(v.items())): MetricsWriter(folder(x, v)) for x, v in runs}
+        writers = {(x, tuple(v.items())): MetricsWriter(folder(x, v), keep_until=keep_until)
+                   for x, v in runs}  # fmt: skip
 
         def writer(entry):
             writers[(entry["seed"], tuple(entry.get("sweep", {}).items()))](entry)

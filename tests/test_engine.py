@@ -204,3 +204,58 @@ def test_client_params_are_each_clients_model():
     local = _sim(_algo("local"))
     own = jax.tree.leaves(local.client_params)[0]
     assert own.shape[0] == 8 and not np.allclose(own[0], own[1])
+
+
+@pytest.mark.parametrize(
+    "components",
+    [
+        {"privacy": P.get("central_dp", clip_norm=1.0, noise_multiplier=1.0)},
+        {"privacy": P.get("local_dp", clip_norm=1.0, noise_multiplier=1.0),
+         "secure_aggregation": P.get("secagg")},
+    ],
+    ids=["client_dp", "local_dp_secagg"],
+)
+def test_sweep_with_privacy_equals_separate_runs(components):
+    algo = _algo("fedavg", weighting="uniform")
+    runs = _sim(algo, sweep={"client_lr": [0.05, 0.2]}, rounds=2, **components)
+    for run, lr in zip(runs, (0.05, 0.2), strict=True):
+        one = _sim(fljax.algorithms.rebuild(algo, client_lr=lr), rounds=2, **components)
+        _close(run.params, one.params, 1e-6)
+        assert run.history[-1]["epsilon"] == one.history[-1]["epsilon"]
+        assert run.history[-1]["bytes_up"] == one.history[-1]["bytes_up"]
+
+
+def test_training_data_is_sharded_along_clients_not_replicated():
+    """8 host devices: each holds 1/8 of the federation's training data; results are the
+    golden (replicated-data) ones, checked by tests/golden's sharded_8 case."""
+    from fljax.engine import RunArgs, prepare
+
+    fed = _fed()
+    run = prepare(RunArgs(_algo(), MODEL, fed, rounds=1, clients_per_round=8))
+    assert run.mesh is not None and run.mesh.devices.size == 8
+    total = sum(np.asarray(a).nbytes for a in fed.train)
+    for leaf in jax.tree.leaves(run.train):
+        shards = leaf.addressable_shards
+        assert len(shards) == 8
+        assert shards[0].data.nbytes == leaf.nbytes // 8
+    held = sum(leaf.addressable_shards[0].data.nbytes for leaf in jax.tree.leaves(run.train))
+    assert held == pytest.approx(total / 8, rel=0.01)
+    # 6 clients on 4 devices (K = 4): the client axis is padded to 8, 2 rows per device.
+    small = fljax.data.load("breast_cancer", num_clients=6, seed=0)
+    run = prepare(RunArgs(_algo(), MODEL, small, rounds=1, clients_per_round=4))
+    assert run.train.x.shape[0] == 8 and run.train.x.addressable_shards[0].data.shape[0] == 2
+
+
+def test_seeds_run_on_a_runs_by_clients_mesh_and_equal_one_device():
+    from fljax.engine import RunArgs, prepare
+
+    fed = _fed()
+    run = prepare(RunArgs(_algo(), MODEL, fed, rounds=1, clients_per_round=4, seeds=[0, 1]))
+    assert dict(run.mesh.shape) == {"runs": 2, "clients": 4}
+    leaf = jax.tree.leaves(run.state.params)[0]
+    assert leaf.sharding.spec[0] == "runs"  # each run's state on its own device row
+    sharded = _sim(_algo(), seeds=[0, 1])
+    single = _sim(_algo(), seeds=[0, 1], devices=jax.devices()[:1])
+    for a, b in zip(sharded, single, strict=True):
+        _close(a.params, b.params, 1e-6)
+        np.testing.assert_array_equal(a.selected, b.selected)

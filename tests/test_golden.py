@@ -6,9 +6,14 @@ import pytest
 
 from tests.golden import cases
 
-# Cases whose summation order changed by design, with the tolerance and the reason. Empty:
-# every case is reproduced bit for bit.
-TOLERANCE: dict[str, tuple[float, str]] = {}
+# Cases whose summation order changed by design, with the tolerance and the reason; every
+# other case is reproduced bit for bit.
+_MESH = (
+    "seeds= / sweep= used to switch the device mesh off; they now run on the ('runs', "
+    "'clients') mesh, so the cohort's weighted sum is a cross-device reduction whose order "
+    "differs from the single-device vmap (last float32 bits)"
+)
+TOLERANCE: dict[str, tuple[float, str]] = {"seeds": (1e-6, _MESH), "sweep_seeds": (1e-6, _MESH)}
 
 
 def _compare(got, want, where, rtol, atol):

@@ -45,6 +45,8 @@ class RunLog:
         """The log as saved with a checkpoint at ``round_idx``."""
         return {
             "round": round_idx,
+            "seed": self.seed,
+            "sweep": self.sweep,
             "history": self.history,
             "selected": [a.tolist() for a in self.selected],
             "contributed": [a.tolist() for a in self.contributed],
@@ -101,7 +103,7 @@ class Recorder:
 
     def _scores(self, scorer, params, split, counts, prefix, metrics, client_metrics):
         for name, values in jax.device_get(scorer(params, *split)).items():
-            values = np.asarray(values, np.float64)
+            values = np.asarray(values, np.float64)[: len(counts)]  # drop mesh padding
             client_metrics[f"{prefix}{name}"] = json_list(values)
             for suffix, v in summarize(values, counts, HIGHER_IS_BETTER[name]).items():
                 metrics[f"{prefix.removeprefix('global_')}{name}{suffix}"] = v

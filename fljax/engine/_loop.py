@@ -14,7 +14,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fljax._devices import client_mesh, replicated
+from fljax._devices import (
+    RUN_AXIS,
+    client_mesh,
+    replicated,
+    run_mesh,
+    run_sharding,
+    shard_clients,
+)
 from fljax._io import load_state, save_state
 from fljax.algorithms import rebuild
 from fljax.client import evaluate_fn
@@ -69,13 +76,10 @@ def _setup_of(a: RunArgs, clients_per_round: int) -> _rules.Setup:
 
 
 def _wire_algorithm(a: RunArgs, setup: _rules.Setup):
-    """The algorithm with privacy, secure aggregation and compression in its chains."""
-    algorithm, dp_plan = a.algorithm, None
-    if a.privacy is not None:
-        algorithm, dp_plan = _setup.with_privacy(setup, a.rounds)
-    if a.secure_aggregation is not None:
-        algorithm = _setup.with_secagg(setup, algorithm, dp_plan)
-    return _setup.with_compression(algorithm, a.compression), dp_plan
+    """The algorithm with privacy, secure aggregation and compression in its chains, and
+    the privacy plan (``None`` without privacy)."""
+    dp_plan = None if a.privacy is None else _setup.privacy_plan_of(setup, a.rounds)
+    return _setup.wire_components(a.algorithm, setup, dp_plan), dp_plan
 
 
 @dataclasses.dataclass
@@ -110,20 +114,22 @@ def _stacked_start(a, algorithm, round_fn, runs, params, given):
     return state, jnp.stack([k for _, k in starts])
 
 
-def _swept_block(a, sweep_values, runs, build_args):
+def _swept_block(a, setup, dp_plan, sweep_values, runs, build_args, spmd_axis_name=None):
     """The block ``vmap``ped over runs whose algorithm is rebuilt inside the trace from each
-    run's swept values (``fljax.algorithms.rebuild``)."""
+    run's swept values (``fljax.algorithms.rebuild``), with the run's components wired in."""
     hp = {k: jnp.asarray([v[i] for _, i in runs], jnp.float32) for k, v in sweep_values.items()}
 
     def block_for(values, st, key, ids, tr):
-        algo = _setup.with_compression(rebuild(a.algorithm, **values), a.compression)
+        algo = _setup.wire_components(rebuild(a.algorithm, **values), setup, dp_plan)
         return build_block(build_round(algo, *build_args))(st, key, ids, tr)
 
-    return functools.partial(jax.vmap(block_for, in_axes=(0, 0, 0, None, None)), hp)
+    swept = jax.vmap(block_for, in_axes=(0, 0, 0, None, None), spmd_axis_name=spmd_axis_name)
+    return functools.partial(swept, hp)
 
 
 def _evaluators(a, algorithm, state, test, mesh) -> tuple[list, Callable, Any, float]:
-    """The compiled scorers: test (and train) splits, the global model beside personal ones."""
+    """The compiled scorers: test (and train) splits, the global model beside personal ones.
+    Splits are sharded along clients on a mesh (padded; the host keeps the real clients)."""
     personal, data, model = algorithm.personal, a.data, a.model
     per_client = algorithm.mode == "local" or personal is not None
     eval_params = (lambda st: client_models(st, personal)) if per_client else (lambda st: st.params)
@@ -133,12 +139,19 @@ def _evaluators(a, algorithm, state, test, mesh) -> tuple[list, Callable, Any, f
         fn = evaluate_fn(model, data.task, per, data.metrics, data.loss_options)
         return jax.jit(fn).lower(params, *split).compile()
 
+    def placed(split):
+        split = ClientData(*(np.asarray(x) for x in split))
+        if mesh is None:
+            return ClientData(*(jnp.asarray(x) for x in split))
+        if per_client:  # per-client models [C, ...] meet the split client by client
+            return jax.device_put(split, replicated(mesh))
+        return shard_clients(split, mesh)
+
+    test = placed(test)
     splits = [("test", compiled(per_client, eval_params(state), test), test,
                np.asarray(data.test.num_examples))]  # fmt: skip
     if a.eval_train:
-        train_eval = ClientData(*(jnp.asarray(x) for x in data.train))
-        if mesh is not None:
-            train_eval = jax.device_put(train_eval, replicated(mesh))
+        train_eval = placed(data.train)
         splits.append(("train", compiled(per_client, eval_params(state), train_eval),
                        train_eval, np.asarray(data.train.num_examples)))  # fmt: skip
     evaluate_global = None
@@ -147,9 +160,16 @@ def _evaluators(a, algorithm, state, test, mesh) -> tuple[list, Callable, Any, f
     return splits, eval_params, evaluate_global, time.perf_counter() - t0
 
 
-def prepare(a: RunArgs) -> Run:
-    """Validates ``a``, wires the components, builds the stages and compiles evaluation."""
-    t_start = time.perf_counter()
+def _runs_of(a: RunArgs) -> tuple[list, dict]:
+    """``[(seed, sweep index)]`` of every run (seed-major) and the swept values."""
+    sweep_values = check_sweep(a.sweep, a.algorithm)
+    run_seeds = [int(a.seed)] if a.seeds is None else [int(s) for s in a.seeds]
+    n_values = len(next(iter(sweep_values.values()))) if sweep_values else 1
+    return [(s_, i) for s_ in run_seeds for i in range(n_values)], sweep_values
+
+
+def _checked_setup(a: RunArgs) -> tuple[_rules.Setup, int]:
+    """Argument checks, then the requirement table; the setup and the cohort size ``K``."""
     _rules.validate_arguments(a.algorithm, a.model, a.data, a.rounds, a.clients_per_round,
                               a.eval_every, a.seed, a.stragglers, a.straggler_policy)  # fmt: skip
     check_seeds(a.seeds)
@@ -161,42 +181,58 @@ def prepare(a: RunArgs) -> Run:
     )
     setup = _setup_of(a, k)
     _rules.check(setup)
-    sweep_values = check_sweep(a.sweep, a.algorithm)
-    run_seeds = [int(a.seed)] if a.seeds is None else [int(s) for s in a.seeds]
-    n_values = len(next(iter(sweep_values.values()))) if sweep_values else 1
-    runs = [(s_, i) for s_ in run_seeds for i in range(n_values)]
-    multi = a.seeds is not None or bool(sweep_values)
+    return setup, k
+
+
+def _mesh_for(a: RunArgs, mode: str, width: int, num_runs: int, multi: bool):
+    """The device mesh: ``clients`` for one run, ``("runs", "clients")`` for many; none for
+    the modes that train one client or one buffer at a time."""
+    if mode in SERIAL_MODES:
+        return None
+    return run_mesh(num_runs, width, a.devices) if multi else client_mesh(width, a.devices)
+
+
+def prepare(a: RunArgs) -> Run:
+    """Validates ``a``, wires the components, builds the stages, places the data on the
+    devices (training data sharded along clients) and compiles evaluation."""
+    t_start = time.perf_counter()
+    setup, k = _checked_setup(a)
+    runs, sweep_values = _runs_of(a)
+    multi, mode = a.seeds is not None or bool(sweep_values), a.algorithm.mode
     algorithm, dp_plan = _wire_algorithm(a, setup)
     width = _setup.cohort_width(setup, dp_plan)
-    root = jax.random.key(run_seeds[0])
+    root = jax.random.key(runs[0][0])
     params = _setup.initial_params(a.model, a.data, root, a.params)
     for c in (a.compression, a.downlink):
         if c is not None:
             c.bits(params)  # validates fraction / k against the model before compiling
-    num_train_clients = train_spec(a.data, algorithm).x.shape[0]
-    base = init_state(algorithm, params, num_train_clients)
+    spec = train_spec(a.data, algorithm)
+    base = init_state(algorithm, params, spec.x.shape[0])
     wire = _setup.wire_bytes(setup, algorithm, a.model, params, base, width)
-    straggle = _setup.stragglers_of(setup)
-    mesh = None if multi or mode in SERIAL_MODES else client_mesh(width, a.devices)
-    build_args = (a.model, a.data, k, None, straggle, a.downlink, None, a.system, wire.bytes,
-                  a.client_chunk)  # fmt: skip
-    round_fn = build_round(algorithm, a.model, a.data, k, mesh, straggle, a.downlink, dp_plan,
-                           a.system, wire.bytes, a.client_chunk)  # fmt: skip
+    mesh = _mesh_for(a, mode, width, len(runs), multi)
+    build_args = (a.model, a.data, k, mesh, _setup.stragglers_of(setup), a.downlink, dp_plan,
+                  a.system, wire.bytes, a.client_chunk)  # fmt: skip
+    round_fn = build_round(algorithm, *build_args)
     block = build_block(round_fn)
-    state = initial_state(round_fn, algorithm, params, num_train_clients, root)
+    state = initial_state(round_fn, algorithm, params, spec.x.shape[0], root)
     k_rounds = jax.random.split(root)[1]
-    train = ClientData(*(jnp.asarray(x) for x in train_spec(a.data, algorithm)))
-    test = ClientData(*(jnp.asarray(x) for x in a.data.test))
-    if mesh is not None:  # data and server state replicated; per-round client work split
-        state, train, test = jax.device_put((state, train, test), replicated(mesh))
+    train = ClientData(*(jnp.asarray(x) for x in spec))
+    if mesh is not None:  # server state replicated, training data split along clients
+        state, train = jax.device_put(state, replicated(mesh)), shard_clients(spec, mesh)
     # Evaluation is compiled for ONE run's state; with many runs it is applied run by run.
-    splits, eval_params, evaluate_global, compile_s = _evaluators(a, algorithm, state, test, mesh)
+    splits, eval_params, evaluate_global, compile_s = _evaluators(
+        a, algorithm, state, a.data.test, mesh
+    )
     if multi:
         state, k_rounds = _stacked_start(a, algorithm, round_fn, runs, params, a.params)
-        block = (_swept_block(a, sweep_values, runs, build_args) if sweep_values
-                 else jax.vmap(block, in_axes=(0, 0, None, None)))  # fmt: skip
+        if mesh is not None:
+            state = jax.device_put(state, run_sharding(mesh))
+        spmd = None if mesh is None else RUN_AXIS
+        block = (_swept_block(a, setup, dp_plan, sweep_values, runs, build_args, spmd)
+                 if sweep_values else jax.vmap(block, in_axes=(0, 0, None, None),
+                                               spmd_axis_name=spmd))  # fmt: skip
     recorder = Recorder(
-        mode, wire, splits, eval_params, evaluate_global, test,
+        mode, wire, splits, eval_params, evaluate_global, splits[0][2],
         np.asarray(a.data.test.num_examples), multi, a.secure_aggregation, a.callbacks,
         component_records(a.compression, wire, params, a.system, mode, a.secure_aggregation,
                           width, dp_plan),
@@ -228,6 +264,18 @@ def _record_start(run: Run) -> int:
     return 0
 
 
+def _restore(run: Run, progress: dict) -> None:
+    """Every run's log from a checkpoint, after checking it holds the same runs."""
+    saved = progress["runs"] if run.recorder.multi else [progress]
+    if run.recorder.multi:
+        want = [(log.seed, log.sweep) for log in run.logs]
+        got = [(p.get("seed"), p.get("sweep", {})) for p in saved]
+        if got != want:
+            raise ValueError(f"the checkpoint holds runs {got}, this call asks for {want}")
+    for log, p in zip(run.logs, saved, strict=True):
+        log.restore(p)
+
+
 def _begin(run: Run, bar) -> int:
     """Records round 0, or restores the checkpoint when resuming; the round to start from."""
     a = run.args
@@ -239,22 +287,28 @@ def _begin(run: Run, bar) -> int:
     if restored is None:  # nothing saved yet: a fresh start
         return _record_start(run)
     host_state, progress = restored
-    run.state = (jax.device_put(host_state, replicated(run.mesh)) if run.mesh is not None
-                 else jax.tree.map(jnp.asarray, host_state))  # fmt: skip
     start = int(progress["round"])
     if start > a.rounds:
         raise ValueError(f"the checkpoint is at round {start}, past rounds={a.rounds}")
-    run.logs[0].restore(progress)
+    _restore(run, progress)
+    placement = None
+    if run.mesh is not None:
+        placement = run_sharding(run.mesh) if run.recorder.multi else replicated(run.mesh)
+    run.state = (jax.device_put(host_state, placement) if placement is not None
+                 else jax.tree.map(jnp.asarray, host_state))  # fmt: skip
     if bar is not None:
         bar.update(start)
     return start
 
 
 def _checkpoint(run: Run, round_idx: int) -> None:
+    """The whole program's state (every run's, stacked) and every run's log, as one step."""
     if run.args.checkpoint_dir is None:
         return
-    save_state(run.args.checkpoint_dir, jax.device_get(run.state),
-               run.logs[0].progress(round_idx))  # fmt: skip
+    progress = run.logs[0].progress(round_idx)
+    if run.recorder.multi:
+        progress = {"round": round_idx, "runs": [log.progress(round_idx) for log in run.logs]}
+    save_state(run.args.checkpoint_dir, jax.device_get(run.state), progress)
 
 
 def _block(run: Run, start: int, compiled: dict) -> int:

@@ -163,15 +163,6 @@ RULES: tuple[Rule, ...] = (
          lambda s: s.clients_per_round <= s.system.candidates <= s.data.num_clients,
          lambda s: f"candidates must be in [clients_per_round={s.clients_per_round}, "
                    f"num_clients={s.data.num_clients}], got {s.system.candidates}"),
-    # --- many runs in one program
-    Rule("seeds", lambda s: s.multi and s.sweep is None, lambda s: not s.checkpoint,
-         lambda s: "checkpoint_dir / resume are for one run; leave them unset with seeds"),
-    Rule("sweep", lambda s: s.sweep is not None,
-         lambda s: s.privacy is None and s.secagg is None,
-         lambda s: "sweep does not compose with privacy or secure_aggregation; run each "
-                   "value separately"),
-    Rule("sweep", lambda s: s.sweep is not None, lambda s: not s.checkpoint,
-         lambda s: "checkpoint_dir is for one run; leave it unset with sweep"),
 )  # fmt: skip
 
 

@@ -24,10 +24,10 @@ from fljax.privacy import plan as privacy_plan
 PyTree = Any
 
 
-def with_privacy(setup: Setup, rounds: int):
-    """The algorithm with ``setup.privacy`` wired in, and its :class:`PrivacyPlan`: client
-    level replaces the aggregator with the clipped noisy sum, local level appends the local
-    Gaussian mechanism to the client chain, record level is DP-SGD in the local steps."""
+def privacy_plan_of(setup: Setup, rounds: int):
+    """The :class:`PrivacyPlan` of ``setup.privacy`` for this federation and schedule (it
+    depends on the local work and cohort, never on float hyperparameters such as learning
+    rates, so one plan serves every value of a sweep)."""
     algorithm, privacy, data = setup.algorithm, setup.privacy, setup.data
     spec = train_spec(data, algorithm)
     steps = np.asarray(
@@ -36,7 +36,7 @@ def with_privacy(setup: Setup, rounds: int):
     if isinstance(algorithm.local_steps, tuple):
         steps = np.asarray(algorithm.local_steps)
     num_units = spec.x.shape[0]
-    dp_plan = privacy_plan(
+    return privacy_plan(
         privacy,
         num_clients=num_units,
         clients_per_round=min(setup.clients_per_round, num_units),
@@ -46,13 +46,22 @@ def with_privacy(setup: Setup, rounds: int):
         batch_size=algorithm.batch_size,
         selection=amplified_selection(setup),
     )
-    if privacy.level == "client":
+
+
+def wire_components(algorithm, setup: Setup, dp_plan):
+    """``algorithm`` with the run's components in its chains: client-level DP replaces the
+    aggregator with the clipped noisy sum, local DP appends the local Gaussian mechanism to
+    the client chain (record-level DP-SGD lives in local training), secure aggregation makes
+    the sum secure (around DP's clipped sum), compression comes last in the client chain."""
+    if dp_plan is not None and dp_plan.privacy.level == "client":
         algorithm = algorithm._replace(aggregator=dp_plan.aggregator())
-    elif privacy.level == "local":
+    elif dp_plan is not None and dp_plan.privacy.level == "local":
         algorithm = algorithm._replace(
             client_transform=chain(algorithm.client_transform, dp_plan.client_transform())
         )
-    return algorithm, dp_plan
+    if setup.secagg is not None:
+        algorithm = with_secagg(setup, algorithm, dp_plan)
+    return with_compression(algorithm, setup.compression)
 
 
 def with_secagg(setup: Setup, algorithm, dp_plan):
@@ -60,7 +69,7 @@ def with_secagg(setup: Setup, algorithm, dp_plan):
     sum under client-level DP)."""
     inner = None
     if dp_plan is not None and dp_plan.privacy.level == "client":
-        inner = algorithm.aggregator
+        inner = dp_plan.clipped_sum()  # its clipped rows are summed securely
     n = np.asarray(setup.data.train.num_examples)
     bound = float(n.max()) if algorithm.weighting == "num_examples" else 1.0
     return algorithm._replace(aggregator=secure_aggregator(setup.secagg, bound, inner))

@@ -17,12 +17,14 @@ from fljax.privacy._attacks import reconstruction_error as reconstruction_error
 from fljax.privacy._mechanisms import LEVELS as LEVELS
 from fljax.privacy._mechanisms import AdaptiveClipping as AdaptiveClipping
 from fljax.privacy._mechanisms import AdaptiveClipState as AdaptiveClipState
+from fljax.privacy._mechanisms import ClippedSum as ClippedSum
 from fljax.privacy._mechanisms import Privacy as Privacy
 from fljax.privacy._mechanisms import PrivacyPlan as PrivacyPlan
 from fljax.privacy._mechanisms import adaptive_update_noise as adaptive_update_noise
 from fljax.privacy._mechanisms import binomial_cap as binomial_cap
 from fljax.privacy._mechanisms import cohort_cap as cohort_cap
 from fljax.privacy._mechanisms import gaussian_sum_aggregator as gaussian_sum_aggregator
+from fljax.privacy._mechanisms import gaussian_sum_parts as gaussian_sum_parts
 from fljax.privacy._mechanisms import get as get
 from fljax.privacy._mechanisms import local_gaussian as local_gaussian
 from fljax.privacy._mechanisms import names as names

@@ -17,6 +17,7 @@ Three levels, each a :class:`Privacy` built by :func:`get`:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -230,6 +231,64 @@ class AdaptiveClipState(NamedTuple):
     clip_norm: jax.Array
 
 
+class ClippedSum(NamedTuple):
+    """DP-FedAvg's server step as two parts around the sum of the clipped updates, so that
+    the sum itself can be computed elsewhere (secure aggregation sums what ``clip`` returns).
+
+    Attributes:
+        clip: ``(updates[K], state, weights[K]) -> (clipped[K], included[K] bool, norms[K])``.
+        finish: ``(total, state, key, included, norms) -> (update, state)``: noise, the fixed
+            denominator and (adaptive clipping) the new clip norm.
+        init: ``params -> state``.
+    """
+
+    clip: Callable
+    finish: Callable
+    init: Callable
+
+
+def gaussian_sum_parts(
+    clip_norm: float,
+    noise_multiplier: float,
+    expected_clients: float,
+    adaptive: AdaptiveClipping | None = None,
+) -> ClippedSum:
+    """The :class:`ClippedSum` of :func:`gaussian_sum_aggregator` (same arguments)."""
+    m = float(expected_clients)
+    z_delta, sigma_b = noise_multiplier, None
+    if adaptive is not None:
+        sigma_b = adaptive.count_noise if adaptive.count_noise is not None else m / 20.0
+        z_delta = adaptive_update_noise(noise_multiplier, sigma_b)
+
+    def init(params):
+        del params
+        if adaptive is None:
+            return EmptyState()
+        return AdaptiveClipState(jnp.asarray(clip_norm, jnp.float32))
+
+    def clip(updates, state, weights):
+        c = clip_norm if adaptive is None else state.clip_norm
+        clipped, norms = jax.vmap(lambda d: clip_by_norm(d, c))(updates)
+        return clipped, weights > 0, norms
+
+    def finish(total, state, key, included, norms):
+        c = clip_norm if adaptive is None else state.clip_norm
+        k_noise, k_count = jax.random.split(key)
+        noise = gaussian_noise_like(k_noise, total, z_delta * c)
+        out = jax.tree.map(lambda t, e: (t + e) / m, total, noise)
+        if adaptive is None:
+            return out, state
+        unclipped = jnp.sum(included.astype(jnp.float32) * (norms <= c))
+        b = (unclipped + sigma_b * jax.random.normal(k_count, ())) / m
+        new_c = c * jnp.exp(-adaptive.clip_lr * (b - adaptive.target_quantile))
+        return out, AdaptiveClipState(new_c.astype(jnp.float32))
+
+    return ClippedSum(clip, finish, init)
+
+
+SUM_KEY_FOLD = 2  # fold_in(aggregation key, 2): the key of the (secure) sum of clipped updates
+
+
 def gaussian_sum_aggregator(
     clip_norm: float,
     noise_multiplier: float,
@@ -248,43 +307,21 @@ def gaussian_sum_aggregator(
     :math:`\tilde b = (\sum_k 1[\|\Delta_k\| \le C] + \mathcal N(0, \sigma_b^2)) / m`, and the
     update noise uses :math:`z_\Delta = (z^{-2} - (2\sigma_b)^{-2})^{-1/2}`, so that the pair
     of releases is exactly as private as one Gaussian mechanism with multiplier ``z``
-    (their Theorem 1). ``update(..., sum_fn=f)`` replaces the plain sum of the clipped rows
-    with ``f(rows, included, key)`` (secure aggregation).
+    (their Theorem 1). :func:`gaussian_sum_parts` gives the same step as the two parts
+    around the sum (secure aggregation computes the sum in between).
     """
-    m = float(expected_clients)
-    z_delta, sigma_b = noise_multiplier, None
-    if adaptive is not None:
-        sigma_b = adaptive.count_noise if adaptive.count_noise is not None else m / 20.0
-        z_delta = adaptive_update_noise(noise_multiplier, sigma_b)
+    parts = gaussian_sum_parts(clip_norm, noise_multiplier, expected_clients, adaptive)
 
-    def init(params):
-        del params
-        if adaptive is None:
-            return EmptyState()
-        return AdaptiveClipState(jnp.asarray(clip_norm, jnp.float32))
-
-    def update(updates, state, params=None, *, key=None, weights=None, sum_fn=None, **extra):
+    def update(updates, state, params=None, *, key=None, weights=None, **extra):
         del params, extra
         if weights is None or key is None:
             raise ValueError("the DP aggregator needs weights[K] and a key")
-        c = clip_norm if adaptive is None else state.clip_norm
-        included = (weights > 0).astype(jnp.float32)
-        clipped, norms = jax.vmap(lambda d: clip_by_norm(d, c))(updates)
-        if sum_fn is None:
-            total = jax.tree.map(lambda d: jnp.tensordot(included, d, axes=1), clipped)
-        else:  # e.g. secure aggregation: clients clip, the server only sees the sum
-            total = sum_fn(clipped, weights > 0, jax.random.fold_in(key, 2))
-        k_noise, k_count = jax.random.split(key)
-        noise = gaussian_noise_like(k_noise, total, z_delta * c)
-        out = jax.tree.map(lambda t, e: (t + e) / m, total, noise)
-        if adaptive is None:
-            return out, state
-        unclipped = jnp.sum(included * (norms <= c))
-        b = (unclipped + sigma_b * jax.random.normal(k_count, ())) / m
-        new_c = c * jnp.exp(-adaptive.clip_lr * (b - adaptive.target_quantile))
-        return out, AdaptiveClipState(new_c.astype(jnp.float32))
+        clipped, included, norms = parts.clip(updates, state, weights)
+        mask = included.astype(jnp.float32)
+        total = jax.tree.map(lambda d: jnp.tensordot(mask, d, axes=1), clipped)
+        return parts.finish(total, state, key, included, norms)
 
-    return Transform(init, update)
+    return Transform(parts.init, update)
 
 
 def adaptive_update_noise(noise_multiplier: float, count_noise: float) -> float:
@@ -391,6 +428,12 @@ class PrivacyPlan(NamedTuple):
         return gaussian_sum_aggregator(
             p.clip_norm, self.noise_multiplier, self.expected_clients, p.adaptive
         )
+
+    def clipped_sum(self) -> ClippedSum:
+        """:meth:`aggregator` as the two parts around the sum (for secure aggregation)."""
+        p = self.privacy
+        return gaussian_sum_parts(p.clip_norm, self.noise_multiplier, self.expected_clients,
+                                  p.adaptive)  # fmt: skip
 
     def client_transform(self) -> Transform:
         return local_gaussian(self.privacy.clip_norm, self.noise_multiplier)

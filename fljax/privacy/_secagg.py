@@ -281,40 +281,41 @@ def _flatten_rows(rows):
     return flat, ravel_pytree(jax.tree.map(lambda a: a[0], rows))[1]
 
 
-def secure_aggregator(secagg: SecAgg, weight_bound: float, inner: Transform | None = None):
+def secure_aggregator(secagg: SecAgg, weight_bound: float, inner=None):
     r"""The aggregator that replaces the server's plain sum with :func:`secure_sum`.
 
     Without ``inner`` it is the weighted mean: each client sends
     :math:`[\tilde w_k \Delta_k, \tilde w_k]` with :math:`\tilde w_k = w_k / W` (``W =
     weight_bound``, a public bound on the weights) clipped to ``[-R, R]`` resp. ``[0, 1]``, and
-    the server divides the two secure sums. With ``inner`` (a DP aggregator built with
-    ``sum_fn``) the inner transform is given the secure sum as its summation.
+    the server divides the two secure sums. With ``inner`` (a
+    :class:`fljax.privacy.ClippedSum`: DP-FedAvg's clip and finish) the clients' clipped
+    updates are summed securely and the server finishes the DP step on that sum.
     """
+    from fljax.privacy._mechanisms import SUM_KEY_FOLD
 
     def init(params):
         return SecureMeanState(() if inner is None else inner.init(params), _zero_stats())
+
+    def secure_rows(rows, included, client_ids, key, active):
+        flat, unravel = _flatten_rows(rows)
+        ranges = jnp.full((flat.shape[1],), secagg.clip_range, jnp.float32)
+        out, stats = secure_sum(flat, included, client_ids, key, secagg, ranges, active)
+        return unravel(out), stats
 
     def update(
         updates, state, params=None, *, key=None, weights=None, client_ids=None, active=None,
         **extra,
     ):  # fmt: skip
+        del params, extra
         if client_ids is None or key is None or weights is None:
             raise ValueError("secure aggregation needs client_ids, weights and a key")
         included = weights > 0
-        box = {}
-
-        def sum_fn(rows, inc, k):
-            flat, unravel = _flatten_rows(rows)
-            ranges = jnp.full((flat.shape[1],), secagg.clip_range, jnp.float32)
-            out, stats = secure_sum(flat, inc, client_ids, k, secagg, ranges, active)
-            box["stats"] = stats
-            return unravel(out)
-
         if inner is not None:
-            out, inner_state = inner.update(
-                updates, state.inner, params, key=key, weights=weights, sum_fn=sum_fn, **extra
-            )
-            return out, SecureMeanState(inner_state, box["stats"])
+            clipped, inc, norms = inner.clip(updates, state.inner, weights)
+            total, stats = secure_rows(clipped, inc, client_ids,
+                                       jax.random.fold_in(key, SUM_KEY_FOLD), active)  # fmt: skip
+            out, inner_state = inner.finish(total, state.inner, key, inc, norms)
+            return out, SecureMeanState(inner_state, stats)
         w = jnp.where(included, weights / weight_bound, 0.0)
         flat, unravel = _flatten_rows(updates)
         flat = flat * w[:, None]
