@@ -11,6 +11,7 @@ from fljax import personalize as personalize
 from fljax import privacy as privacy
 from fljax import system as system
 from fljax._base import EmptyState as EmptyState
+from fljax._base import Linear as Linear
 from fljax._base import Transform as Transform
 from fljax._base import chain as chain
 from fljax._base import identity as identity
@@ -28,6 +29,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "EmptyState",
+    "Linear",
     "NonFiniteUpdateError",
     "RunRecord",
     "ServerState",

@@ -30,6 +30,28 @@ class UpdateFn(Protocol):
     ) -> tuple[PyTree, Any]: ...
 
 
+class Linear(NamedTuple):
+    """A stateless aggregator written as a sum of per-client rows,
+    ``update(u[K], ...) == finish(sum_k rows(u, w, steps)_k)``, so that the sum can be
+    accumulated chunk by chunk (streaming) or computed by secure aggregation.
+
+    Attributes:
+        rows: ``(updates[K], weights[K], num_steps[K]) -> rows`` (a pytree, leading axis ``K``):
+            what each client contributes; computable by the client itself.
+        chunk_sum: ``(updates[K], weights[K], num_steps[K]) -> sums``: the rows summed over the
+            leading axis (how a chunk is accumulated).
+        finish: ``(sums, like) -> aggregate`` on the server (``like``: one update's tree).
+        bounds: ``(clip_range, max_steps) -> tree like one row's sums of max |entry|`` for
+            rows built with weights in ``[0, 1]`` and updates clipped to ``clip_range``
+            (fixed-point encoding under secure aggregation).
+    """
+
+    rows: Callable
+    chunk_sum: Callable
+    finish: Callable
+    bounds: Callable
+
+
 class Transform(NamedTuple):
     """A pure pair: ``init(params) -> state`` and
     ``update(updates, state, ...) -> (updates, state)``.
@@ -41,7 +63,7 @@ class Transform(NamedTuple):
 
     init: Callable[[PyTree], Any]
     update: UpdateFn
-    linear: bool = False  # update(u[K], w) == sum_k w_k u_k / sum_k w_k: it can stream
+    linear: Linear | None = None  # an aggregator's partial sums: it streams and runs securely
 
 
 class EmptyState(NamedTuple):

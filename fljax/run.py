@@ -13,6 +13,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import hydra
 import numpy as np
@@ -96,25 +97,35 @@ def _client_chunk(cfg: DictConfig, algorithm, model, data) -> int | None:
     return chunk
 
 
-def run(cfg: DictConfig, run_dir: str | Path) -> SimulationResult:
-    """Runs the composed config ``cfg`` and writes its run folder ``run_dir``."""
-    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save step at INFO
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+class _Components(NamedTuple):
+    """What a composed config builds: the federation, model, algorithm and options."""
+
+    data: Any
+    model: Any
+    algorithm: Any
+    compression: Any
+    downlink: Any
+    privacy: Any
+    secagg: Any
+    system: Any
+
+
+def _components(cfg: DictConfig) -> _Components:
     data = instantiate(cfg.dataset, _convert_="all")
     model_kwargs = {}
     if cfg.model.get("num_classes") is None:
         model_kwargs["num_classes"] = data.num_classes
     model = instantiate(cfg.model, _convert_="all", **model_kwargs)
-    algorithm = instantiate(cfg.algorithm, _convert_="all")
-    compression = _optional(cfg, "compression")
-    downlink = _optional(cfg, "downlink")
-    privacy = _optional(cfg, "privacy")
-    secagg = _optional(cfg, "secagg")
-    system = _optional(cfg, "system", num_clients=data.num_clients)
-    resume = bool(cfg.get("resume", False))
-    seeds = cfg.get("seeds")
-    sweep = cfg.get("sweep")
+    return _Components(
+        data, model, instantiate(cfg.algorithm, _convert_="all"), _optional(cfg, "compression"),
+        _optional(cfg, "downlink"), _optional(cfg, "privacy"), _optional(cfg, "secagg"),
+        _optional(cfg, "system", num_clients=data.num_clients),
+    )  # fmt: skip
+
+
+def _seeds_and_sweep(cfg: DictConfig) -> tuple[list | None, dict | None, list]:
+    """``seeds`` and ``sweep`` of a many-runs config, and its runs ``[(seed, values)]``."""
+    seeds, sweep = cfg.get("seeds"), cfg.get("sweep")
     if sweep is not None:  # float hyperparameters vmapped in the same program
         sweep = OmegaConf.to_container(sweep) if isinstance(sweep, DictConfig) else dict(sweep)
         seeds = seeds if seeds is not None else [int(cfg.seed)]
@@ -123,147 +134,121 @@ def run(cfg: DictConfig, run_dir: str | Path) -> SimulationResult:
     n_values = len(next(iter(sweep.values()))) if sweep else 1
     runs = [(x, {k: float(v[i]) for k, v in (sweep or {}).items()})
             for x in (seeds or []) for i in range(n_values)]  # fmt: skip
+    return seeds, sweep, runs
 
-    def folder(seed_, values) -> Path:
-        return run_dir / ("seed_" + str(seed_) + "".join(f"_{k}_{v:g}" for k, v in values.items()))
 
-    state_dir = run_dir / RESUME_DIR if cfg.get("save_state", True) or resume else None
-    keep_until = None
-    if resume:
-        progress = state_dir / PROGRESS_FILE
-        if not progress.exists():
-            raise ValueError(f"resume=true but {run_dir} has no checkpoint ({progress})")
-        keep_until = int(json.loads(progress.read_text())["round"])
+def _run_folder(run_dir: Path, seed_, values) -> Path:
+    """The sub-folder of one run of a many-runs config."""
+    return run_dir / ("seed_" + str(seed_) + "".join(f"_{k}_{v:g}" for k, v in values.items()))
+
+
+def _keep_until(run_dir: Path, state_dir: Path | None, resume: bool) -> int | None:
+    """The round the saved resume state is at (``None`` unless resuming)."""
+    if not resume:
+        return None
+    progress = state_dir / PROGRESS_FILE
+    if not progress.exists():
+        raise ValueError(f"resume=true but {run_dir} has no checkpoint ({progress})")
+    return int(json.loads(progress.read_text())["round"])
+
+
+def _writers(cfg, run_dir: Path, runs: list, seeds, keep_until) -> tuple:
+    """The metrics writer(s) (one ``metrics.jsonl`` per run folder) and the loggers."""
     if seeds is None:
-        writer = MetricsWriter(run_dir, keep_until=keep_until)
-        loggers = _loggers(cfg, run_dir)
-    else:
-        writers = {(x, tuple(v.items())): MetricsWriter(folder(x, v), keep_until=keep_until)
-                   for x, v in runs}  # fmt: skip
+        return MetricsWriter(run_dir, keep_until=keep_until), _loggers(cfg, run_dir)
+    writers = {(x, tuple(v.items())): MetricsWriter(_run_folder(run_dir, x, v),
+                                                    keep_until=keep_until)
+               for x, v in runs}  # fmt: skip
 
-        def writer(entry):
-            writers[(entry["seed"], tuple(entry.get("sweep", {}).items()))](entry)
+    def writer(entry):
+        writers[(entry["seed"], tuple(entry.get("sweep", {}).items()))](entry)
 
-        loggers = []
-    t0 = time.perf_counter()
-    summary = {
+    return writer, []
+
+
+def _summary_start(cfg: DictConfig, c: _Components) -> dict:
+    return {
         "status": "running",
-        "dataset": data.name,
-        "num_clients": data.num_clients,
-        "model": model.name,
-        "algorithm": algorithm.name,
-        "compression": None if compression is None else compression.name,
-        "downlink": None if downlink is None else downlink.name,
-        "privacy": None if privacy is None else privacy.hparams | {"name": privacy.name},
-        "secagg": None if secagg is None else secagg.hparams | {"name": secagg.name},
-        "hparams": algorithm.hparams,
+        "dataset": c.data.name,
+        "num_clients": c.data.num_clients,
+        "model": c.model.name,
+        "algorithm": c.algorithm.name,
+        "compression": None if c.compression is None else c.compression.name,
+        "downlink": None if c.downlink is None else c.downlink.name,
+        "privacy": None if c.privacy is None else c.privacy.hparams | {"name": c.privacy.name},
+        "secagg": None if c.secagg is None else c.secagg.hparams | {"name": c.secagg.name},
+        "hparams": c.algorithm.hparams,
         "seed": int(cfg.seed),
         "rounds": int(cfg.rounds),
     }
-    try:
-        result = simulate(
-            algorithm,
-            model,
-            data,
-            rounds=int(cfg.rounds),
-            clients_per_round=int(cfg.clients_per_round),
-            seed=int(cfg.seed),
-            eval_every=int(cfg.eval_every),
-            stragglers=float(cfg.get("stragglers", 0.0)),
-            straggler_policy=str(cfg.get("straggler_policy", "drop")),
-            eval_train=bool(cfg.get("eval_train", False)),
-            compression=compression,
-            downlink=downlink,
-            privacy=privacy,
-            secure_aggregation=secagg,
-            system=system,
-            checkpoint_dir=None if state_dir is None else str(state_dir),
-            resume=resume,
-            callbacks=[writer, *loggers],
-            progress=bool(cfg.get("progress", False)),
-            seeds=seeds,
-            sweep=sweep,
-            client_chunk=_client_chunk(cfg, algorithm, model, data),
-        )
-    except Exception as err:
-        for logger in loggers:
-            logger.close()
-        summary.update(status="failed", error=f"{type(err).__name__}: {err}")
-        summary["wall_s"] = time.perf_counter() - t0
-        (run_dir / SUMMARY_FILE).write_text(json.dumps(to_jsonable(summary), indent=2))
-        raise
-    for logger in loggers:
-        logger.close()
-    results = result if seeds is not None else [result]
-    objective = cfg.get("objective") or f"test_{data.metrics[0]}"
-    if objective not in results[0].history[-1]["metrics"]:
-        raise ValueError(
-            f"objective={objective!r} is not a final metric; choose from "
-            f"{list(results[0].history[-1]['metrics'])}"
-        )
 
-    def finished(res: SimulationResult) -> dict:
-        final = res.history[-1]
-        run_s = res.wall_s - res.compile_s
-        out = dict(
-            status="finished",
-            final_round=final["round"],
-            metrics=final["metrics"],
-            client_metrics=final["client_metrics"],
-            client_names=list(data.client_names),
-            num_params=res.num_params,
-            wall_s=res.wall_s,
-            compile_s=res.compile_s,
-            rounds_per_s=int(cfg.rounds) / run_s if run_s > 0 else None,
-            bytes_up=final["bytes_up"],
-            bytes_down=final["bytes_down"],
-            objective={"name": objective, "value": final["metrics"][objective]},
-        )
-        if "sim_time_s" in final:
-            out["sim_time_s"] = final["sim_time_s"]
-        if "secagg" in final:
-            out["secagg_costs"] = final["secagg"]
-        if "privacy" in final:
-            out["epsilon"] = final["epsilon"]
-            out["privacy_spent"] = final["privacy"]
-        return out
 
-    if seeds is None:
+def _finished(cfg: DictConfig, data, res: SimulationResult, objective: str) -> dict:
+    """The summary fields of one finished run."""
+    final = res.history[-1]
+    run_s = res.wall_s - res.compile_s
+    out = dict(
+        status="finished",
+        final_round=final["round"],
+        metrics=final["metrics"],
+        client_metrics=final["client_metrics"],
+        client_names=list(data.client_names),
+        num_params=res.num_params,
+        wall_s=res.wall_s,
+        compile_s=res.compile_s,
+        rounds_per_s=int(cfg.rounds) / run_s if run_s > 0 else None,
+        bytes_up=final["bytes_up"],
+        bytes_down=final["bytes_down"],
+        objective={"name": objective, "value": final["metrics"][objective]},
+    )
+    if "sim_time_s" in final:
+        out["sim_time_s"] = final["sim_time_s"]
+    if "secagg" in final:
+        out["secagg_costs"] = final["secagg"]
+    if "privacy" in final:
+        out["epsilon"] = final["epsilon"]
+        out["privacy_spent"] = final["privacy"]
+    return out
+
+
+def _many_runs_summary(cfg, data, run_dir, runs, results, summary, objective, seeds, sweep):
+    """Each run's folder (summary, params) and the top summary: every setting's mean and std
+    over seeds, the best setting as the objective."""
+    by_setting: dict[tuple, list] = {}
+    for (x, v), res in zip(runs, results, strict=True):
+        folder = _run_folder(run_dir, x, v)
         if cfg.get("checkpoint", True):
-            save_params(run_dir, result.params)
-        summary.update(finished(result))
-    else:
-        by_setting: dict[tuple, list] = {}
-        for (x, v), res in zip(runs, results, strict=True):
-            if cfg.get("checkpoint", True):
-                save_params(folder(x, v), res.params)
-            one = summary | finished(res) | {"seed": x, "sweep": v or None}
-            if v:
-                one["hparams"] = summary["hparams"] | v
-            (folder(x, v) / SUMMARY_FILE).write_text(json.dumps(to_jsonable(one), indent=2))
-            by_setting.setdefault(tuple(v.items()), []).append(one["objective"]["value"])
-        settings = [
-            {"sweep": dict(k) or None, "mean": float(np.nanmean(vals)),
-             "std": float(np.nanstd(vals)), "per_seed": vals}
-            for k, vals in by_setting.items()
-        ]  # fmt: skip
-        higher = HIGHER_IS_BETTER.get(objective.split("_", 1)[1].removesuffix("_client_mean"),
-                                      True)  # fmt: skip
-        best = (max if higher else min)(settings, key=lambda d: d["mean"])
-        summary.update(
-            status="finished", seed=None, seeds=seeds, wall_s=results[0].wall_s,
-            compile_s=results[0].compile_s,
-            objective={"name": objective, "value": best["mean"], "std": best["std"],
-                       "per_seed": best["per_seed"], "sweep": best["sweep"]},
-        )  # fmt: skip
-        if sweep:
-            summary["settings"] = settings
-    (run_dir / SUMMARY_FILE).write_text(json.dumps(to_jsonable(summary), indent=2))
+            save_params(folder, res.params)
+        one = summary | _finished(cfg, data, res, objective) | {"seed": x, "sweep": v or None}
+        if v:
+            one["hparams"] = summary["hparams"] | v
+        (folder / SUMMARY_FILE).write_text(json.dumps(to_jsonable(one), indent=2))
+        by_setting.setdefault(tuple(v.items()), []).append(one["objective"]["value"])
+    settings = [
+        {"sweep": dict(k) or None, "mean": float(np.nanmean(vals)),
+         "std": float(np.nanstd(vals)), "per_seed": vals}
+        for k, vals in by_setting.items()
+    ]  # fmt: skip
+    higher = HIGHER_IS_BETTER.get(objective.split("_", 1)[1].removesuffix("_client_mean"),
+                                  True)  # fmt: skip
+    best = (max if higher else min)(settings, key=lambda d: d["mean"])
+    summary.update(
+        status="finished", seed=None, seeds=seeds, wall_s=results[0].wall_s,
+        compile_s=results[0].compile_s,
+        objective={"name": objective, "value": best["mean"], "std": best["std"],
+                   "per_seed": best["per_seed"], "sweep": best["sweep"]},
+    )  # fmt: skip
+    if sweep:
+        summary["settings"] = settings
+
+
+def _report(c: _Components, run_dir, results, summary, objective, seeds) -> None:
+    """The end-of-run lines: the site table, the seed summary, privacy spent, the folder."""
     final = results[0].history[-1]
     which = "" if seeds is None else f" (seed {seeds[0]} of {len(seeds)})"
-    print(f"\n{algorithm.name} on {data.name}: {data.num_clients} clients, round "
+    print(f"\n{c.algorithm.name} on {c.data.name}: {c.data.num_clients} clients, round "
           f"{final['round']}{which}")  # fmt: skip
-    print(client_table(data, final))
+    print(client_table(c.data, final))
     if seeds is not None:
         for st in summary.get("settings") or [summary["objective"] | {"mean": None}]:
             mean = st["mean"] if st["mean"] is not None else st["value"]
@@ -278,6 +263,60 @@ def run(cfg: DictConfig, run_dir: str | Path) -> SimulationResult:
         )
     r0 = results[0]
     print(f"run folder: {run_dir}  (wall {r0.wall_s:.1f} s, compile {r0.compile_s:.1f} s)")
+
+
+def _simulate(cfg: DictConfig, c: _Components, seeds, sweep, state_dir, callbacks):
+    return simulate(
+        c.algorithm, c.model, c.data, rounds=int(cfg.rounds),
+        clients_per_round=int(cfg.clients_per_round), seed=int(cfg.seed),
+        eval_every=int(cfg.eval_every), stragglers=float(cfg.get("stragglers", 0.0)),
+        straggler_policy=str(cfg.get("straggler_policy", "drop")),
+        eval_train=bool(cfg.get("eval_train", False)), compression=c.compression,
+        downlink=c.downlink, privacy=c.privacy, secure_aggregation=c.secagg, system=c.system,
+        checkpoint_dir=None if state_dir is None else str(state_dir),
+        resume=bool(cfg.get("resume", False)), callbacks=callbacks,
+        progress=bool(cfg.get("progress", False)), seeds=seeds, sweep=sweep,
+        client_chunk=_client_chunk(cfg, c.algorithm, c.model, c.data),
+    )  # fmt: skip
+
+
+def run(cfg: DictConfig, run_dir: str | Path) -> SimulationResult:
+    """Runs the composed config ``cfg`` and writes its run folder ``run_dir``."""
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save step at INFO
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    c = _components(cfg)
+    resume = bool(cfg.get("resume", False))
+    seeds, sweep, runs = _seeds_and_sweep(cfg)
+    state_dir = run_dir / RESUME_DIR if cfg.get("save_state", True) or resume else None
+    writer, loggers = _writers(cfg, run_dir, runs, seeds, _keep_until(run_dir, state_dir, resume))
+    t0 = time.perf_counter()
+    summary = _summary_start(cfg, c)
+    try:
+        result = _simulate(cfg, c, seeds, sweep, state_dir, [writer, *loggers])
+    except Exception as err:
+        summary.update(status="failed", error=f"{type(err).__name__}: {err}")
+        summary["wall_s"] = time.perf_counter() - t0
+        (run_dir / SUMMARY_FILE).write_text(json.dumps(to_jsonable(summary), indent=2))
+        raise
+    finally:
+        for logger in loggers:
+            logger.close()
+    results = result if seeds is not None else [result]
+    objective = cfg.get("objective") or f"test_{c.data.metrics[0]}"
+    if objective not in results[0].history[-1]["metrics"]:
+        raise ValueError(
+            f"objective={objective!r} is not a final metric; choose from "
+            f"{list(results[0].history[-1]['metrics'])}"
+        )
+    if seeds is None:
+        if cfg.get("checkpoint", True):
+            save_params(run_dir, result.params)
+        summary.update(_finished(cfg, c.data, result, objective))
+    else:
+        _many_runs_summary(cfg, c.data, run_dir, runs, results, summary, objective, seeds, sweep)
+    (run_dir / SUMMARY_FILE).write_text(json.dumps(to_jsonable(summary), indent=2))
+    _report(c, run_dir, results, summary, objective, seeds)
     return result
 
 

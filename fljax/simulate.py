@@ -146,95 +146,40 @@ def simulate(
 ) -> SimulationResult | list[SimulationResult]:
     r"""Runs ``rounds`` rounds of ``algorithm`` on ``data`` and evaluates every ``eval_every``.
 
+    Every argument is explained in full in :class:`fljax.engine.RunArgs`.
+
     Args:
-        algorithm: from :func:`fljax.algorithms.get`.
-        model: from :func:`fljax.models.get`.
-        data: the federation, from :func:`fljax.data.load`.
-        rounds: total rounds.
-        clients_per_round: ``K`` clients sampled uniformly without replacement each round (in
-            cyclic mode: the next ``K`` clients of the cycle; ignored by centralized training,
-            which has one pooled dataset).
-        seed: the one seed every random choice derives from (initialisation, client
-            selection, minibatches, stragglers); equal seeds give bit-identical histories on one
-            backend and device count.
-        eval_every: rounds per compiled block; the global model is evaluated on every client's
-            test split at round 0 and after each block (and at the last round).
-        params: initial global parameters (a warm start or a pretrained model); by default
-            ``model.init`` with a key derived from ``seed``.
-        stragglers: fraction of the selected clients that are stragglers each round: exactly
-            ``K - round(K (1 - stragglers))`` of them, chosen at random (FedProx's protocol).
-        straggler_policy: ``"drop"`` (their updates are not aggregated, as FedAvg does) or
-            ``"partial"`` (they send the work done in a uniform 1..E-1 local epochs, as
-            FedProx does).
-        eval_train: also evaluate the global model on every client's TRAINING split at each
-            evaluation (``train_loss``, ``train_accuracy``, ...: the global objective
-            :math:`\sum_k p_k F_k(w)` that FedProx's paper plots). ``local_loss`` is always
-            reported: the mean loss of the local steps of the round block.
-        compression: a :class:`fljax.compress.Compressor` applied to every client's delta after
-            the algorithm's own client transform (its state, e.g. error-feedback residuals,
-            persists per client); ``bytes_up`` then counts its exact message size and history
-            entries carry ``compression_ratio`` (dense float32 bits / message bits).
-        downlink: a :class:`fljax.compress.Compressor` for the broadcast: the server keeps its
-            model x and the clients' copy x_hat, clients train from x_hat, and after each round
-            the server sends ``C(x - x_hat)`` (the gap carries over: implicit error feedback);
-            ``bytes_down`` counts its messages.
-        privacy: a :class:`fljax.privacy.Privacy` (``fljax.privacy.get(...)``):
-            client-level DP-FedAvg (replaces the aggregator; with Poisson client sampling
-            ``clients_per_round`` is the EXPECTED cohort and the vmapped cohort is padded to a
-            cap), local DP (a client transform before any compression) or record-level DP-SGD
-            in the local steps. Every history entry then carries ``epsilon`` and ``privacy``
-            (level, accountant, neighbouring relation, delta, noise multiplier, clip norm).
-        secure_aggregation: a :class:`fljax.privacy.SecAgg` (``fljax.privacy.get("secagg")``
-            or ``"secagg_plus"``): the server's sum becomes a simulated secure sum in
-            ``Z_(2^b)`` (exact decoded sum of the fixed-point updates; stragglers dropped under
-            ``straggler_policy="drop"`` are the protocol's dropouts, their masks recovered).
-            Composes with client-level DP (the clipped updates are summed securely, the server
-            adds the noise) and local DP; ``bytes_up`` then counts the protocol's messages and
-            each history entry carries ``secagg`` (running totals of PRG expansions, recovered
-            masks, recovery messages, dropouts).
-        system: a :class:`fljax.system.SystemModel` (``fljax.system.system(profiles, ...)``):
-            per-client availability each round, a simulated clock (download + local compute +
-            upload from each client's profile and the exact message bytes) and a deadline
-            (late clients dropped, or partial work). History entries then carry
-            ``sim_time_s``, the simulated seconds elapsed.
-        checkpoint_dir: save the full state (orbax) and the history at every evaluation
-            there, replacing the previous checkpoint.
-        resume: continue from the checkpoint in ``checkpoint_dir`` if there is one: the
-            history up to it is returned as it was (callbacks see only the new entries), and
-            the result equals that of an uninterrupted run, since round ``r`` always uses
-            ``fold_in(rounds_key, r)``. ``rounds`` may be larger than before (extend a run).
-        devices: devices to split the selected clients over (default: all local devices of
-            the default backend; the largest count dividing ``clients_per_round`` is used).
-            On CPU, :func:`fljax.set_host_device_count` exposes one device per core.
-            Results are identical for a given device count; across counts they can differ
-            in the last bits (the order of the cross-device sum).
-        callbacks: called with each history entry as soon as it exists (e.g. to write
-            ``metrics.jsonl`` so that nothing computed is lost).
-        progress: show a tqdm progress bar.
-        seeds: run one independent simulation per seed as ONE compiled program (the rounds
-            ``vmap``ped over a leading seed axis of the state and the keys); each run equals
-            ``simulate(..., seed=s)`` (up to the last bits where XLA batches arithmetic
-            differently). Returns a list of results in the order of ``seeds``; callbacks see
-            every run's entries, each with its ``seed``. Runs on one device (the seed axis
-            is the batch); not with ``checkpoint_dir``.
-        sweep: float hyperparameters of the algorithm to vary inside the same program,
-            ``{"client_lr": [0.01, 0.03, 0.1]}`` (lists of equal length, zipped): one run per
-            value and seed (seed-major order), each equal to the run with
-            ``fljax.algorithms.rebuild(algorithm, client_lr=v)``; entries carry ``sweep``.
-            Hyperparameters that fix shapes or Python control flow (epochs, batch size,
-            names) cannot vary in one program and are refused; so are ``privacy`` and
-            ``secure_aggregation``, whose plans are built per algorithm.
-        client_chunk: train the selected clients in chunks of this many (``vmap``ped chunks
-            one after another), bounding the memory of local training to one chunk's
-            activations; with the weighted mean the deltas' weighted sum streams through the
-            chunks (no stack of all deltas). The same result as one ``vmap`` over all of them.
-            ``None``: all at once. :func:`auto_client_chunk` derives it from a memory budget.
+        algorithm, model, data: from ``fljax.algorithms.get``, ``fljax.models.get``,
+            ``fljax.data.load``.
+        rounds: total rounds; ``clients_per_round``: ``K`` sampled uniformly without
+            replacement (the next ``K`` of the cycle in cyclic mode; ignored by centralized).
+        seed: the one seed every random choice derives from (bit-identical reruns).
+        eval_every: rounds per compiled block; evaluation at round 0 and after each block.
+        params: initial global parameters (warm start); default ``model.init``.
+        stragglers, straggler_policy: FedProx's stragglers: a fraction of the cohort is
+            dropped (``"drop"``) or sends 1..E-1 epochs of work (``"partial"``).
+        eval_train: also evaluate on every client's training split.
+        compression: an uplink :class:`fljax.compress.Compressor` (last in the client chain).
+        downlink: a compressor for the broadcast (clients train from their copy ``x_hat``).
+        privacy: a :class:`fljax.privacy.Privacy` (client-level, local or record-level DP);
+            history entries carry ``epsilon`` and ``privacy``.
+        secure_aggregation: a :class:`fljax.privacy.SecAgg`: the server's sum is a simulated
+            secure sum; history entries carry ``secagg``.
+        system: a :class:`fljax.system.SystemModel`: availability, selection rules, a
+            simulated clock and deadlines; history entries carry ``sim_time_s``.
+        checkpoint_dir, resume: save the state at every evaluation; continue from it.
+        devices: devices for the client axis (default: all local devices).
+        callbacks: called with each history entry as soon as it exists.
+        progress: a tqdm progress bar.
+        seeds: one run per seed as ONE compiled program (a list of results).
+        sweep: ``{"client_lr": [...]}``: float hyperparameters varied inside the program.
+        client_chunk: train the cohort this many clients at a time (bounded memory).
 
     Returns:
-        A :class:`SimulationResult` (a list of them with ``seeds``).
+        A :class:`SimulationResult` (a list of them with ``seeds`` or ``sweep``).
 
     Raises:
-        ValueError: bad arguments, before anything is compiled.
+        ValueError: bad arguments or combinations (``fljax.engine.RULES``), before compiling.
         NonFiniteUpdateError: a round's aggregated update is NaN/inf; the message names the
             round, and the history entries already passed to ``callbacks`` stay valid.
     """

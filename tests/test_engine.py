@@ -126,7 +126,15 @@ def test_round_keys_are_distinct_and_named():
 def test_requirement_table_names_a_reason_for_every_rule():
     assert len(RULES) >= 20
     features = {r.feature for r in RULES}
-    assert {"privacy", "secure_aggregation", "compression", "system", "sweep"} <= features
+    assert {"privacy", "secure_aggregation", "compression", "system", "stragglers"} <= features
+    # Each broken rule is reported with its own reason (first rule broken wins).
+    fed = _fed()
+    setup = fljax.engine._rules.Setup(
+        _algo("scaffold"), fed, 4, 0.0, "drop", None, None,
+        P.get("central_dp", clip_norm=1.0, noise_multiplier=1.0), None, None, False, None, False,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="control variates"):
+        fljax.engine._rules.check(setup)
 
 
 # ------------------------------------------------------------------- combinations now allowed
@@ -259,3 +267,78 @@ def test_seeds_run_on_a_runs_by_clients_mesh_and_equal_one_device():
     for a, b in zip(sharded, single, strict=True):
         _close(a.params, b.params, 1e-6)
         np.testing.assert_array_equal(a.selected, b.selected)
+
+
+# ------------------------------------------------------- partial sums: streamed and secure
+def test_linear_partial_sums_equal_each_aggregators_update():
+    """``finish(sum_k rows_k) == finish(chunk sums) == update`` for every aggregator with
+    partial sums, on a hand-made cohort with unequal weights and step counts."""
+    from fljax.aggregate import fednova, weighted_mean
+
+    rng = np.random.default_rng(0)
+    deltas = {"w": jnp.asarray(rng.normal(size=(5, 3, 2)), jnp.float32),
+              "b": jnp.asarray(rng.normal(size=(5, 2)), jnp.float32)}  # fmt: skip
+    weights = jnp.asarray([3.0, 0.0, 5.0, 1.0, 2.0])
+    steps = jnp.asarray([4, 2, 7, 1, 3], jnp.int32)
+    like = jax.tree.map(lambda a: a[0], deltas)
+    for agg in (weighted_mean(), fednova(), fednova(momentum=0.9), fednova(prox_mu=0.1)):
+        want, _ = agg.update(deltas, agg.init(like), weights=weights, num_steps=steps)
+        lin = agg.linear
+        rows = lin.rows(deltas, weights, steps)
+        whole = lin.finish(jax.tree.map(lambda r: r.sum(0), rows), like)
+        halves = jax.tree.map(jnp.add, lin.chunk_sum(*(jax.tree.map(lambda a: a[:2], x)
+                                                       for x in (deltas, weights, steps))),
+                              lin.chunk_sum(*(jax.tree.map(lambda a: a[2:], x)
+                                              for x in (deltas, weights, steps))))  # fmt: skip
+        _close(whole, want, 1e-6)
+        _close(lin.finish(halves, like), want, 1e-6)
+    # FedNova by hand: tau_eff sum_k p_k d_k / tau_k with p = w / sum w.
+    p = np.asarray(weights) / 11.0
+    tau = np.asarray(steps, np.float64)
+    want_b = (p * tau).sum() * np.tensordot(p / tau, np.asarray(deltas["b"]), axes=1)
+    got, _ = fednova().update(deltas, (), weights=weights, num_steps=steps)
+    np.testing.assert_allclose(np.asarray(got["b"]), want_b, rtol=1e-5)
+
+
+def test_fednova_streams_in_chunks_and_runs_under_secure_aggregation():
+    algo = _algo("fednova", local_epochs=2)
+    dense = _sim(algo, clients_per_round=6)
+    chunked = _sim(algo, clients_per_round=6, client_chunk=4)
+    _close(dense.params, chunked.params, 1e-6)
+    secure = _sim(algo, clients_per_round=6, secure_aggregation=P.get("secagg", bits=32))
+    _close(dense.params, secure.params, 1e-4)  # fixed-point encoding of the rows
+    assert secure.history[-1]["secagg"]["prg_client"] > 0
+    for name in ("scaffold", "feddyn"):
+        with pytest.raises(ValueError, match="secure aggregation"):
+            _sim(_algo(name), secure_aggregation=P.get("secagg"))
+
+
+def test_fedbuff_with_client_dp_and_secure_aggregation():
+    """The buffer is a server step's cohort: with SecAgg the step equals plain FedBuff up to
+    the fixed-point encoding; with client-level DP (z = 0, no clipping) it is the staleness-
+    scaled mean with the fixed denominator B, and the accountant is conservative."""
+    algo = _algo("fedbuff", buffer_size=3, concurrency=5)
+    plain = _sim(algo, **ASYNC)
+    # SecAgg's larger messages change who arrives first; with bandwidth out of the picture
+    # the arrival order, hence the buffers, are the same.
+    fast = profiles(8, kind="hospital", seed=0)._replace(uplink=np.full(8, 1e15),
+                                                         downlink=np.full(8, 1e15))  # fmt: skip
+    timed = dict(system=system(fast), rounds=5)
+    secure = _sim(algo, secure_aggregation=P.get("secagg"), **timed)
+    np.testing.assert_array_equal(secure.selected, _sim(algo, **timed).selected)
+    _close(_sim(algo, **timed).params, secure.params, 1e-5)
+    assert secure.history[-1]["secagg"]["prg_client"] > 0
+    dp = P.get("central_dp", clip_norm=1e9, noise_multiplier=0.0, sampling="fixed")
+    noiseless = _sim(algo, privacy=dp, **ASYNC)
+    # FedBuff's uniform weighting: the mean over fresh updates = sum / B when none is stale.
+    assert plain.history[-1]["async"]["discarded_stale"] == 0
+    _close(plain.params, noiseless.params, 1e-5)
+    noisy = _sim(algo, privacy=P.get("central_dp", clip_norm=1.0, noise_multiplier=2.0,
+                                     sampling="fixed"), **ASYNC)  # fmt: skip
+    info = noisy.history[-1]["privacy"]
+    assert info["selection"] == "arrival_order"
+    assert info["epsilon"] == pytest.approx(P.epsilon(1.0, 5, 1e-5))
+    with pytest.raises(ValueError, match="sampling='fixed'"):
+        _sim(algo, privacy=P.get("central_dp", clip_norm=1.0, noise_multiplier=1.0), **ASYNC)
+    with pytest.raises(ValueError, match="FedBuff"):
+        _sim(_algo("fedasync", concurrency=4), secure_aggregation=P.get("secagg"), **ASYNC)

@@ -48,9 +48,6 @@ def test_seeds_run_as_one_program_and_equal_separate_runs(fed, model):
     assert _max_diff(many[0].params, many[1].params) > 1e-3  # the seeds differ
     with pytest.raises(ValueError, match="distinct"):
         fljax.simulate(algo, model, fed, rounds=1, clients_per_round=2, seeds=[1, 1])
-    with pytest.raises(ValueError, match="checkpoint_dir"):
-        fljax.simulate(algo, model, fed, rounds=1, clients_per_round=2, seeds=[1],
-                       checkpoint_dir="/tmp/x")  # fmt: skip
 
 
 def test_sweep_of_learning_rates_equals_rebuilt_algorithms(fed, model):

@@ -186,3 +186,15 @@ def test_cost_benchmark_runs_and_reports_growth():
     out = module.main(["--sizes", "8,32"])
     assert out["growth_secagg"] == pytest.approx(2.0, abs=0.05)  # K (K - 1 + 1) = K^2
     assert out["growth_secagg_plus"] < 1.5
+
+
+def test_values_at_the_edge_of_the_range_do_not_overflow_the_ring():
+    """At 32 bits ``levels`` is not a float32; K values at +R must still sum to K R (they
+    wrapped to a negative sum when the clip was done in float32 only)."""
+    k, r = 3, 1.0
+    x = jnp.full((k, 4), r)
+    for bits in (32, 20):
+        out, _ = P.secure_sum(x, jnp.ones((k,), bool), jnp.arange(k), jax.random.key(0),
+                              P.get("secagg", bits=bits, clip_range=r),
+                              jnp.full((4,), r))  # fmt: skip
+        np.testing.assert_allclose(np.asarray(out), k * r, rtol=1e-6)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from fljax._base import EmptyState, Transform
+from fljax._base import EmptyState, Linear, Transform
 
 
 def weighted_mean() -> Transform:
@@ -37,7 +37,7 @@ def weighted_mean() -> Transform:
             raise ValueError("weighted_mean needs weights[K]")
         return normalize_weighted_sum(weighted_sum(updates, weights), weights, updates), state
 
-    return Transform(init, update, linear=True)
+    return Transform(init, update, linear=WEIGHTED_MEAN_SUMS)
 
 
 def weighted_sum(updates, weights: jax.Array):
@@ -53,6 +53,33 @@ def normalize_weighted_sum(total, weights: jax.Array, like):
     s = jnp.sum(weights.astype(jnp.float32))
     scale = jnp.where(s > 0, 1.0 / jnp.where(s > 0, s, 1.0), 0.0)
     return jax.tree.map(lambda t, d: t.astype(d.dtype) * scale, total, like)
+
+
+def _rows(updates, weights, num_steps=None):
+    del num_steps
+    w = weights.astype(jnp.float32)
+    scaled = jax.tree.map(lambda d: d * w.reshape((-1,) + (1,) * (d.ndim - 1)), updates)
+    return scaled, w
+
+
+def _chunk_sum(updates, weights, num_steps=None):
+    del num_steps
+    return weighted_sum(updates, weights), jnp.sum(weights.astype(jnp.float32))
+
+
+def _finish(sums, like):
+    total, w = sums
+    scale = jnp.where(w > 0, 1.0 / jnp.where(w > 0, w, 1.0), 0.0)
+    return jax.tree.map(lambda t, d: t.astype(d.dtype) * scale, total, like)
+
+
+def _bounds(clip_range, max_steps):
+    del max_steps
+    return clip_range, 1.0
+
+
+# sum_k (w_k u_k, w_k) -> sum / sum of weights: the weighted mean as partial sums.
+WEIGHTED_MEAN_SUMS = Linear(_rows, _chunk_sum, _finish, _bounds)
 
 
 def mean() -> Transform:

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fljax._base import EmptyState, Transform
+from fljax._base import EmptyState, Linear, Transform
 
 
 def _normalizer(num_steps, momentum: float, prox_mu: float, lr: float):
@@ -50,7 +50,37 @@ def fednova(momentum: float = 0.0, prox_mu: float = 0.0, client_lr: float = 1.0)
         tau_eff = jnp.sum(p * a)
         return jax.tree.map(lambda d: tau_eff * jnp.tensordot(scale, d, axes=1), updates), state
 
-    return Transform(init, update)
+    # The same step as sums of rows (w_k Delta_k / a_k, w_k, w_k a_k): with S1, S2, S3 their
+    # sums, Delta = (S3 / S2) S1 / S2 (tau_eff = S3 / S2, p_k = w_k / S2).
+    def inverse(num_steps):
+        a = _normalizer(num_steps, momentum, prox_mu, client_lr)
+        return a, jnp.where(a > 0, 1.0 / jnp.where(a > 0, a, 1.0), 0.0)
+
+    def rows(updates, weights, num_steps):
+        a, inv = inverse(num_steps)
+        w = weights.astype(jnp.float32)
+        scaled = jax.tree.map(lambda d: d * (w * inv).reshape((-1,) + (1,) * (d.ndim - 1)),
+                              updates)  # fmt: skip
+        return scaled, w, w * a
+
+    def chunk_sum(updates, weights, num_steps):
+        a, inv = inverse(num_steps)
+        w = weights.astype(jnp.float32)
+        total = jax.tree.map(lambda d: jnp.tensordot(w * inv, d, axes=1), updates)
+        return total, jnp.sum(w), jnp.sum(w * a)
+
+    def finish(sums, like):
+        total, s2, s3 = sums
+        ok = s2 > 0
+        safe = jnp.where(ok, s2, 1.0)
+        scale = jnp.where(ok, (s3 / safe) / safe, 0.0)
+        return jax.tree.map(lambda t, d: (t * scale).astype(d.dtype), total, like)
+
+    def bounds(clip_range, max_steps):  # a_i >= 1, so |w Delta / a| <= clip_range
+        top = float(max_steps) / (1.0 - momentum) if momentum > 0 else float(max_steps)
+        return clip_range, 1.0, top
+
+    return Transform(init, update, linear=Linear(rows, chunk_sum, finish, bounds))
 
 
 class FedDynState(NamedTuple):

@@ -227,6 +227,144 @@ def gaussian_noise_like(key: jax.Array, tree: PyTree, std: jax.Array | float) ->
     return jax.tree.unflatten(treedef, noise)
 
 
+def _check_local_options(model: Model, task: str, dp_sgd, personal) -> None:
+    """Refuses local-training options that do not compose, with the reason."""
+    stateful = model.apply_train is not None
+    custom_loss = personal is not None and personal.loss is not None
+    if dp_sgd is not None and task == "survival":
+        raise ValueError(
+            "dp_sgd needs a per-example loss; the Cox partial likelihood of task='survival' "
+            "couples the records of a batch"
+        )
+    if dp_sgd is not None and (stateful or personal is not None):
+        raise ValueError(
+            "dp_sgd needs per-example gradients of one model: it does not compose with batch "
+            "norm (the statistics couple a batch's records) or with personalized algorithms"
+        )
+    if stateful and custom_loss:
+        raise ValueError(
+            f"personalized algorithm {personal.name!r} trains two models per client and does "
+            f"not support models with batch statistics ({model.name!r}); use a model without "
+            "batch norm, or FedBN / FedPer / FedRep"
+        )
+
+
+def _objective(model: Model, loss_fn, regularizer, personal):
+    """``data_loss(params, xb, yb, mb, key)`` and the local objective ``batch_loss(params, xb,
+    yb, mb, key, global_params, client_state, server_state) -> (total, (data, stats))``: the
+    data loss (a personalized algorithm's own loss, batch statistics for batch-norm models)
+    plus the algorithm's regularizer."""
+    stateful = model.apply_train is not None
+    custom_loss = personal is not None and personal.loss is not None
+
+    def data_loss(params, xb, yb, mb, key):
+        return loss_fn(model.apply(params, xb, train=True, key=key), yb, mb)
+
+    def batch_loss(params, xb, yb, mb, key, global_params, client_state, server_state):
+        stats = ()
+        if stateful:
+            out, stats = model.apply_train(params, xb, mb, key)
+            total = data = loss_fn(out, yb, mb)
+        elif custom_loss:
+            f = lambda p: data_loss(p, xb, yb, mb, key)  # noqa: E731
+            total, data = personal.loss(params, f, global_params)
+        else:
+            total = data = data_loss(params, xb, yb, mb, key)
+        if regularizer is not None:
+            total = total + regularizer(params, global_params, client_state, server_state)
+        return total, (data, stats)
+
+    return data_loss, batch_loss
+
+
+def _private_grad(model: Model, loss_fn, dp_sgd: DPSGD, regularizer):
+    """DP-SGD's gradient of one step (Abadi et al. 2016, Alg. 1):
+    ``g = (sum_i clip(g_i) + N(0, s^2 C^2 I)) / (q n)`` over the sampled records, plus the
+    regularizer's gradient (which reads no data) unclipped."""
+
+    def private_grad(params, x, y, sampled, denom, key, global_params, client_state, server_state):
+        k_examples, k_noise = jax.random.split(key)
+
+        def example_loss(p, xi, yi, ki):
+            out = model.apply(p, xi[None], train=True, key=ki)
+            return loss_fn(out, yi[None], jnp.ones((1,), bool))
+
+        keys = jax.random.split(k_examples, x.shape[0])
+        losses, grads = jax.vmap(jax.value_and_grad(example_loss), in_axes=(None, 0, 0, 0))(
+            params, x, y, keys
+        )
+        clipped, _ = jax.vmap(lambda g: clip_by_norm(g, dp_sgd.clip_norm))(grads)
+        w = sampled.astype(jnp.float32)
+        total = jax.tree.map(lambda g: jnp.tensordot(w, g, axes=1), clipped)
+        noise = gaussian_noise_like(k_noise, total, dp_sgd.noise_multiplier * dp_sgd.clip_norm)
+        grads = jax.tree.map(lambda t, z: (t + z) / denom, total, noise)
+        if regularizer is not None:
+            reg = jax.grad(regularizer)(params, global_params, client_state, server_state)
+            grads = jax.tree.map(jnp.add, grads, reg)
+        return grads, masked_mean(losses, sampled)
+
+    return private_grad
+
+
+def _gradients(plan, dp_sgd, private_grad, grad_fn, x, y, n, k_batches, k_steps, global_params,
+               client_state, server_state):  # fmt: skip
+    """``(idx, mask)`` of the minibatches and ``g(params, t, idx_t, mask_t) -> (grads,
+    loss, batch statistics)`` of local step ``t`` (DP-SGD's Poisson-sampled private gradient,
+    or the objective's gradient on the step's minibatch)."""
+    n_max = x.shape[0]
+    if dp_sgd is None:
+        idx, mask = batch_indices(k_batches, n, n_max, plan)
+    else:  # Poisson masks are drawn per step below
+        idx = mask = jnp.zeros((plan.max_steps, 1), jnp.int32)
+        rate = jnp.minimum(1.0, dp_sgd.batch_size / jnp.maximum(n, 1).astype(jnp.float32))
+        real = jnp.arange(n_max) < n
+
+    def g(params, t, idx_t, mask_t):
+        k_t = jax.random.fold_in(k_steps, t)
+        if dp_sgd is not None:
+            u = jax.random.uniform(jax.random.fold_in(k_batches, t), (n_max,))
+            sampled = real & (u < rate)
+            grads, loss = private_grad(params, x, y, sampled, rate * jnp.maximum(n, 1), k_t,
+                                       global_params, client_state, server_state)  # fmt: skip
+            return grads, loss, ()
+        xb, yb = (x, y) if plan.full_batch else (x[idx_t], y[idx_t])
+        grads, (loss, stats) = grad_fn(
+            params, xb, yb, mask_t, k_t, global_params, client_state, server_state
+        )
+        return grads, loss, stats
+
+    return idx, mask, g
+
+
+def _local_step(g, steps, global_params, optimizer, personal, stateful: bool):
+    """One masked local step of the ``lax.scan``: optimizer, frozen leaves (FedRep), batch
+    statistics, projection; a no-op past the client's ``steps``."""
+
+    def step(carry, inputs):
+        params, opt_state, loss_sum = carry
+        t, idx_t, mask_t = inputs
+        grads, loss, stats = g(params, t, idx_t, mask_t)
+        frozen = None
+        if personal is not None and personal.trainable is not None:
+            frozen = personal.trainable(params, t, steps)  # 1.0: trained at step t, 0.0: frozen
+            grads = jax.tree.map(lambda g, m: g * m, grads, frozen)
+        updates, new_opt_state = optimizer.update(grads, opt_state, params)
+        if frozen is not None:
+            updates = jax.tree.map(lambda u, m: u * m, updates, frozen)
+        new_params = optax.apply_updates(params, updates)
+        if stateful:  # running statistics follow the batch, not the gradient
+            new_params = {**new_params, "batch_stats": stats}
+        if personal is not None and personal.project is not None:
+            new_params = personal.project(new_params, global_params)
+        active = t < steps
+        keep = lambda new, old: jnp.where(active, new, old)  # noqa: E731
+        params = jax.tree.map(keep, new_params, params)
+        opt_state = jax.tree.map(keep, new_opt_state, opt_state)
+        return (params, opt_state, loss_sum + jnp.where(active, loss, 0.0)), None
+
+    return step
+
+
 def make_client_update(
     model: Model,
     task: str,
@@ -265,135 +403,34 @@ def make_client_update(
     """
     loss_fn = batch_loss_fn(task, **(loss_options or {}))
     stateful = model.apply_train is not None
-    custom_loss = personal is not None and personal.loss is not None
-    if dp_sgd is not None and task == "survival":
-        raise ValueError(
-            "dp_sgd needs a per-example loss; the Cox partial likelihood of task='survival' "
-            "couples the records of a batch"
-        )
-    if dp_sgd is not None and (stateful or personal is not None):
-        raise ValueError(
-            "dp_sgd needs per-example gradients of one model: it does not compose with batch "
-            "norm (the statistics couple a batch's records) or with personalized algorithms"
-        )
-    if stateful and custom_loss:
-        raise ValueError(
-            f"personalized algorithm {personal.name!r} trains two models per client and does "
-            f"not support models with batch statistics ({model.name!r}); use a model without "
-            "batch norm, or FedBN / FedPer / FedRep"
-        )
-
-    def data_loss(params, xb, yb, mb, key):
-        return loss_fn(model.apply(params, xb, train=True, key=key), yb, mb)
-
-    def batch_loss(params, xb, yb, mb, key, global_params, client_state, server_state):
-        stats = ()
-        if stateful:
-            out, stats = model.apply_train(params, xb, mb, key)
-            total = data = loss_fn(out, yb, mb)
-        elif custom_loss:
-            f = lambda p: data_loss(p, xb, yb, mb, key)  # noqa: E731
-            total, data = personal.loss(params, f, global_params)
-        else:
-            total = data = data_loss(params, xb, yb, mb, key)
-        if regularizer is not None:
-            total = total + regularizer(params, global_params, client_state, server_state)
-        return total, (data, stats)
-
+    _check_local_options(model, task, dp_sgd, personal)
+    data_loss, batch_loss = _objective(model, loss_fn, regularizer, personal)
     grad_fn = jax.grad(batch_loss, has_aux=True)
-
-    def private_grad(params, x, y, sampled, denom, key, global_params, client_state, server_state):
-        # Abadi et al. (2016), Alg. 1: g = (sum_i clip(g_i) + N(0, s^2 C^2 I)) / (q n).
-        k_examples, k_noise = jax.random.split(key)
-
-        def example_loss(p, xi, yi, ki):
-            out = model.apply(p, xi[None], train=True, key=ki)
-            return loss_fn(out, yi[None], jnp.ones((1,), bool))
-
-        keys = jax.random.split(k_examples, x.shape[0])
-        losses, grads = jax.vmap(jax.value_and_grad(example_loss), in_axes=(None, 0, 0, 0))(
-            params, x, y, keys
-        )
-        clipped, _ = jax.vmap(lambda g: clip_by_norm(g, dp_sgd.clip_norm))(grads)
-        w = sampled.astype(jnp.float32)
-        total = jax.tree.map(lambda g: jnp.tensordot(w, g, axes=1), clipped)
-        noise = gaussian_noise_like(k_noise, total, dp_sgd.noise_multiplier * dp_sgd.clip_norm)
-        grads = jax.tree.map(lambda t, z: (t + z) / denom, total, noise)
-        if regularizer is not None:
-            reg = jax.grad(regularizer)(params, global_params, client_state, server_state)
-            grads = jax.tree.map(jnp.add, grads, reg)
-        return grads, masked_mean(losses, sampled)
+    private_grad = None if dp_sgd is None else _private_grad(model, loss_fn, dp_sgd, regularizer)
 
     def client_update(global_params, x, y, n, key, client_state=(), server_state=(), budget=None):
-        n_max = x.shape[0]
         k_batches, k_steps = jax.random.split(key)
-        if dp_sgd is None:
-            idx, mask = batch_indices(k_batches, n, n_max, plan)
-        else:  # Poisson masks are drawn per step below
-            idx = mask = jnp.zeros((plan.max_steps, 1), jnp.int32)
-            rate = jnp.minimum(1.0, dp_sgd.batch_size / jnp.maximum(n, 1).astype(jnp.float32))
-            real = jnp.arange(n_max) < n
+        idx, mask, g = _gradients(plan, dp_sgd, private_grad, grad_fn, x, y, n, k_batches,
+                                  k_steps, global_params, client_state, server_state)  # fmt: skip
         steps = num_local_steps(n, plan)
         if budget is not None:
             steps = jnp.minimum(steps, budget).astype(jnp.int32)
         start = global_params
         if personal is not None:
             start = personal.start(global_params, client_state)
-        opt_state = optimizer.init(start)
-
-        def step(carry, inputs):
-            params, opt_state, loss_sum = carry
-            t, idx_t, mask_t = inputs
-            k_t = jax.random.fold_in(k_steps, t)
-            if dp_sgd is not None:
-                u = jax.random.uniform(jax.random.fold_in(k_batches, t), (n_max,))
-                sampled = real & (u < rate)
-                grads, loss = private_grad(
-                    params,
-                    x,
-                    y,
-                    sampled,
-                    rate * jnp.maximum(n, 1),
-                    k_t,
-                    global_params,
-                    client_state,
-                    server_state,
-                )
-            else:
-                if plan.full_batch:
-                    xb, yb = x, y
-                else:
-                    xb, yb = x[idx_t], y[idx_t]
-                grads, (loss, stats) = grad_fn(
-                    params, xb, yb, mask_t, k_t, global_params, client_state, server_state
-                )
-            frozen = None
-            if personal is not None and personal.trainable is not None:
-                frozen = personal.trainable(params, t, steps)  # 1.0: trained at step t, 0.0: frozen
-                grads = jax.tree.map(lambda g, m: g * m, grads, frozen)
-            updates, new_opt_state = optimizer.update(grads, opt_state, params)
-            if frozen is not None:
-                updates = jax.tree.map(lambda u, m: u * m, updates, frozen)
-            new_params = optax.apply_updates(params, updates)
-            if stateful:  # running statistics follow the batch, not the gradient
-                new_params = {**new_params, "batch_stats": stats}
-            if personal is not None and personal.project is not None:
-                new_params = personal.project(new_params, global_params)
-            active = t < steps
-            keep = lambda new, old: jnp.where(active, new, old)  # noqa: E731
-            params = jax.tree.map(keep, new_params, params)
-            opt_state = jax.tree.map(keep, new_opt_state, opt_state)
-            return (params, opt_state, loss_sum + jnp.where(active, loss, 0.0)), None
-
-        init = (start, opt_state, jnp.zeros((), jnp.float32))
-        (params, _, loss_sum), _ = jax.lax.scan(step, init, (jnp.arange(plan.max_steps), idx, mask))
+        init = (start, optimizer.init(start), jnp.zeros((), jnp.float32))
+        (params, _, loss_sum), _ = jax.lax.scan(
+            _local_step(g, steps, global_params, optimizer, personal, stateful),
+            init,
+            (jnp.arange(plan.max_steps), idx, mask),
+        )
         new_state, upload = client_state, ()
         if personal is not None:
             params, new_state = personal.finish(params, global_params, client_state)
         delta = jax.tree.map(jnp.subtract, params, global_params)
         train_loss = loss_sum / jnp.maximum(steps, 1).astype(jnp.float32)
         if finalize is not None:
-            full_mask = jnp.arange(n_max) < n
+            full_mask = jnp.arange(x.shape[0]) < n
 
             def full_grad(p):
                 return jax.grad(data_loss)(p, x, y, full_mask, k_steps)

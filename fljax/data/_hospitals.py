@@ -11,6 +11,70 @@ from fljax.data._federated import FederatedData, from_client_arrays
 from fljax.data._sources import register
 
 
+def _check_hospital_args(num_clients, num_features, prevalence, label_noise, test_fraction,
+                         feature_shift, mean_size, size_sigma) -> None:  # fmt: skip
+    if num_clients < 1 or num_features < 1:
+        raise ValueError("num_clients and num_features must be >= 1")
+    if not 0 < prevalence < 1:
+        raise ValueError(f"prevalence must be in (0, 1), got {prevalence}")
+    if not 0 <= label_noise < 0.5:
+        raise ValueError(f"label_noise must be in [0, 0.5), got {label_noise}")
+    if not 0 <= test_fraction < 1:
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    if not 0 <= feature_shift < 10:
+        raise ValueError(f"feature_shift must be in [0, 10), got {feature_shift}")
+    for name, v in (("mean_size", mean_size), ("size_sigma", size_sigma)):
+        if not v > 0:
+            raise ValueError(f"{name} must be > 0, got {v}")
+
+
+def _site_draws(rng, num_clients, min_total, mean_size, size_sigma, prevalence, prevalence_sd,
+                label_noise):  # fmt: skip
+    """Every site's size (lognormal, at least ``min_total``), prevalence (logit-normal) and
+    label-flip rate (uniform)."""
+    sizes = np.maximum(
+        min_total,
+        np.rint(mean_size * np.exp(rng.normal(-(size_sigma**2) / 2, size_sigma, num_clients))),
+    ).astype(int)
+    logit = math.log(prevalence / (1 - prevalence))
+    p_site = 1 / (1 + np.exp(-(logit + rng.normal(0, prevalence_sd, num_clients))))
+    return sizes, p_site, rng.uniform(0, label_noise, num_clients)
+
+
+def _draw_sites(rng, sizes, w, covariate_shift, scale_shift, signal, p_site, flip, shifts,
+                test_fraction):  # fmt: skip
+    """Every site drawn in turn (:func:`_draw_site`) and split at random into train and test;
+    ``(train_xs, train_ys, test_xs, test_ys)`` lists over sites."""
+    train_xs, train_ys, test_xs, test_ys = [], [], [], []
+    for s, size in enumerate(sizes):
+        x, y = _draw_site(rng, int(size), w, covariate_shift, scale_shift, signal, p_site[s],
+                          flip[s], shifts[s])  # fmt: skip
+        perm = rng.permutation(len(y))
+        n_test = int(math.floor(test_fraction * len(y)))
+        test_xs.append(x[perm[:n_test]])
+        test_ys.append(y[perm[:n_test]])
+        train_xs.append(x[perm[n_test:]])
+        train_ys.append(y[perm[n_test:]])
+    return train_xs, train_ys, test_xs, test_ys
+
+
+def _draw_site(rng, n, w, covariate_shift, scale_shift, signal, p_site, flip, shift):
+    """One site's ``n`` examples: shifted covariates, cases by latent risk, label noise, and
+    (``shift = (a, b)``) the site's measurement transform ``a x + b``."""
+    d = len(w)
+    mu = rng.normal(0, covariate_shift, d)
+    scale = np.exp(rng.normal(0, scale_shift, d))
+    x = mu + scale * rng.standard_normal((n, d))
+    risk = signal * x @ w / math.sqrt(d) + rng.logistic(size=n)
+    cases = max(1, int(rng.binomial(n, p_site)))
+    y = np.zeros(n, np.int32)
+    y[np.argsort(-risk)[:cases]] = 1
+    y = np.where(rng.random(n) < flip, 1 - y, y).astype(np.int32)
+    if shift is not None:
+        x = shift[0] * x + shift[1]
+    return x, y
+
+
 @register("synthetic_hospitals")
 def synthetic_hospitals(
     num_clients: int = 100,
@@ -56,59 +120,24 @@ def synthetic_hospitals(
     Each site is split at random into train and test (``test_fraction``). The embedded default
     for large simulations: ``num_clients`` may be in the tens of thousands.
     """
-    if num_clients < 1 or num_features < 1:
-        raise ValueError("num_clients and num_features must be >= 1")
-    if not 0 < prevalence < 1:
-        raise ValueError(f"prevalence must be in (0, 1), got {prevalence}")
-    if not 0 <= label_noise < 0.5:
-        raise ValueError(f"label_noise must be in [0, 0.5), got {label_noise}")
-    if not 0 <= test_fraction < 1:
-        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
-    if not 0 <= feature_shift < 10:
-        raise ValueError(f"feature_shift must be in [0, 10), got {feature_shift}")
-    for name, v in (("mean_size", mean_size), ("size_sigma", size_sigma)):
-        if not v > 0:
-            raise ValueError(f"{name} must be > 0, got {v}")
+    _check_hospital_args(num_clients, num_features, prevalence, label_noise, test_fraction,
+                         feature_shift, mean_size, size_sigma)  # fmt: skip
     rng = np.random.default_rng(seed)
     d = num_features
     w = rng.standard_normal(d)
     min_total = math.ceil(min_examples / (1 - test_fraction))
-    sizes = np.maximum(
-        min_total,
-        np.rint(mean_size * np.exp(rng.normal(-(size_sigma**2) / 2, size_sigma, num_clients))),
-    ).astype(int)
-    logit = math.log(prevalence / (1 - prevalence))
-    p_site = 1 / (1 + np.exp(-(logit + rng.normal(0, prevalence_sd, num_clients))))
-    flip = rng.uniform(0, label_noise, num_clients)
+    sizes, p_site, flip = _site_draws(rng, num_clients, min_total, mean_size, size_sigma,
+                                      prevalence, prevalence_sd, label_noise)  # fmt: skip
     shift_rng = np.random.default_rng([seed, 1])
     log_a = shift_rng.normal(0, feature_shift, (num_clients, d))
     b = shift_rng.normal(0, feature_shift, (num_clients, d))
-    train_xs, train_ys, test_xs, test_ys = [], [], [], []
-    for s in range(num_clients):
-        n = int(sizes[s])
-        mu = rng.normal(0, covariate_shift, d)
-        scale = np.exp(rng.normal(0, scale_shift, d))
-        x = mu + scale * rng.standard_normal((n, d))
-        risk = signal * x @ w / math.sqrt(d) + rng.logistic(size=n)
-        cases = max(1, int(rng.binomial(n, p_site[s])))
-        y = np.zeros(n, np.int32)
-        y[np.argsort(-risk)[:cases]] = 1
-        y = np.where(rng.random(n) < flip[s], 1 - y, y).astype(np.int32)
-        if feature_shift > 0:
-            x = np.exp(log_a[s]) * x + b[s]
-        perm = rng.permutation(n)
-        n_test = int(math.floor(test_fraction * n))
-        test_xs.append(x[perm[:n_test]])
-        test_ys.append(y[perm[:n_test]])
-        train_xs.append(x[perm[n_test:]])
-        train_ys.append(y[perm[n_test:]])
+    shifts = [(np.exp(log_a[i]), b[i]) if feature_shift > 0 else None
+              for i in range(num_clients)]  # fmt: skip
+    train_xs, train_ys, test_xs, test_ys = _draw_sites(
+        rng, sizes, w, covariate_shift, scale_shift, signal, p_site, flip, shifts, test_fraction
+    )
     return from_client_arrays(
-        train_xs,
-        train_ys,
-        test_xs,
-        test_ys,
-        num_classes=2,
-        name="synthetic_hospitals",
+        train_xs, train_ys, test_xs, test_ys, num_classes=2, name="synthetic_hospitals",
         client_names=[f"hospital_{s}" for s in range(num_clients)],
         metrics=metrics,
         info=dict(

@@ -269,6 +269,36 @@ HAM_FILES = [
 HAM_DX = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
 
 
+def _ham_features(rows: list[dict]) -> tuple[np.ndarray, list, list]:
+    """HAM10000 metadata rows as features (age with a missing flag, one-hot sex and body
+    localization), and the sexes and localizations in column order."""
+    sexes = sorted({r["sex"] for r in rows})
+    places = sorted({r["localization"] for r in rows})
+    ages = np.array([float(r["age"]) if r["age"] else np.nan for r in rows])
+    missing = np.isnan(ages)
+    x = np.concatenate(
+        [
+            np.where(missing, 0.0, ages)[:, None],
+            missing[:, None].astype(float),
+            np.array([[r["sex"] == s for s in sexes] for r in rows], float),
+            np.array([[r["localization"] == p for p in places] for r in rows], float),
+        ],
+        axis=1,
+    )
+    return x, sexes, places
+
+
+def _zscore_age(fed: FederatedData) -> None:
+    """Age (column 0) z-scored in place with pooled training statistics; missing ages (flag in
+    column 1) imputed with the mean, i.e. 0."""
+    tr = fed.train
+    real = tr.mask & (tr.x[..., 1] == 0)
+    mean, std = tr.x[..., 0][real].mean(), tr.x[..., 0][real].std()
+    for split in (fed.train, fed.test):
+        age, miss = split.x[..., 0], split.x[..., 1] > 0
+        split.x[..., 0] = np.where(split.mask, np.where(miss, 0.0, (age - mean) / std), 0.0)
+
+
 @register("ham10000")
 def ham10000(
     data_dir: str | os.PathLike | None = None,
@@ -293,19 +323,7 @@ def ham10000(
     paths = fetch("ham10000", HAM_FILES, data_dir, download)
     with open(paths["HAM10000_metadata.csv"]) as f:
         rows = list(csv.DictReader(f))
-    sexes = sorted({r["sex"] for r in rows})
-    places = sorted({r["localization"] for r in rows})
-    ages = np.array([float(r["age"]) if r["age"] else np.nan for r in rows])
-    missing = np.isnan(ages)
-    x = np.concatenate(
-        [
-            np.where(missing, 0.0, ages)[:, None],
-            missing[:, None].astype(float),
-            np.array([[r["sex"] == s for s in sexes] for r in rows], float),
-            np.array([[r["localization"] == p for p in places] for r in rows], float),
-        ],
-        axis=1,
-    )
+    x, sexes, places = _ham_features(rows)
     dx = np.array([HAM_DX.index(r["dx"]) for r in rows], np.int32)
     y = (dx == HAM_DX.index("mel")).astype(np.int32) if target == "melanoma" else dx
     sites = np.array([r["dataset"] for r in rows])
@@ -322,13 +340,7 @@ def ham10000(
         num_classes=2 if target == "melanoma" else len(HAM_DX),
         name=f"ham10000_{target}",
     )
-    # z-score age with pooled training statistics, imputing missing ages with the mean
-    tr = fed.train
-    real = tr.mask & (tr.x[..., 1] == 0)
-    mean, std = tr.x[..., 0][real].mean(), tr.x[..., 0][real].std()
-    for split in (fed.train, fed.test):
-        age, miss = split.x[..., 0], split.x[..., 1] > 0
-        split.x[..., 0] = np.where(split.mask, np.where(miss, 0.0, (age - mean) / std), 0.0)
+    _zscore_age(fed)
     if metrics is None:
         metrics = (
             ("accuracy", "auroc", "auprc", "balanced_accuracy")

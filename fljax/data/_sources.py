@@ -53,6 +53,45 @@ def _check_split_args(num_clients: int, test_fraction: float, min_examples: int)
         raise ValueError(f"min_examples must be >= 1, got {min_examples}")
 
 
+def _client_parts(partition, labels, num_clients, seed, min_size, sites, name, **kwargs):
+    """Example ids of each client: one per site (``natural``) or from the partitioner."""
+    if partition != "natural":
+        return _partition.partition(partition, labels, num_clients, seed=seed,
+                                    min_size=min_size, **kwargs)  # fmt: skip
+    if sites is None:
+        raise ValueError(
+            f"partition='natural' needs a site column, which dataset {name!r} does not have; "
+            f"choose one of {[p for p in _partition.PARTITIONS if p != 'natural']}"
+        )
+    parts = _partition.natural(np.asarray(sites), min_size)
+    if len(parts) != num_clients:
+        raise ValueError(
+            f"partition='natural' gives {len(parts)} clients (one per site) but "
+            f"num_clients={num_clients}"
+        )
+    return parts
+
+
+def _split_clients(x, y, parts, seed, test_fraction, min_examples):
+    """Each client's examples shuffled, its first ``floor(test_fraction * n_i)`` to its test
+    split; ``(train_xs, train_ys, test_xs, test_ys)`` lists over clients."""
+    rng = np.random.default_rng([seed, 1])
+    train_xs, train_ys, test_xs, test_ys = [], [], [], []
+    for c, ids in enumerate(parts):
+        ids = rng.permutation(ids)
+        n_test = int(math.floor(test_fraction * len(ids)))
+        if len(ids) - n_test < min_examples:
+            raise ValueError(
+                f"client {c} has {len(ids) - n_test} training examples < min_examples="
+                f"{min_examples}"
+            )
+        test_xs.append(x[ids[:n_test]])
+        test_ys.append(y[ids[:n_test]])
+        train_xs.append(x[ids[n_test:]])
+        train_ys.append(y[ids[n_test:]])
+    return train_xs, train_ys, test_xs, test_ys
+
+
 def federate(
     x: np.ndarray,
     y: np.ndarray,
@@ -95,44 +134,11 @@ def federate(
         )
     min_size = math.ceil(min_examples / (1.0 - test_fraction))
     strat_labels = y if task == "classification" else np.zeros(len(y), np.int32)
-    if partition == "natural":
-        if sites is None:
-            raise ValueError(
-                f"partition='natural' needs a site column, which dataset {name!r} does not have; "
-                f"choose one of {[p for p in _partition.PARTITIONS if p != 'natural']}"
-            )
-        parts = _partition.natural(np.asarray(sites), min_size)
-        if len(parts) != num_clients:
-            raise ValueError(
-                f"partition='natural' gives {len(parts)} clients (one per site) but "
-                f"num_clients={num_clients}"
-            )
-    else:
-        parts = _partition.partition(
-            partition,
-            strat_labels,
-            num_clients,
-            seed=seed,
-            min_size=min_size,
-            alpha=alpha,
-            classes_per_client=classes_per_client,
-            size_distribution=size_distribution,
-            size_sigma=size_sigma,
-        )
-    rng = np.random.default_rng([seed, 1])
-    train_xs, train_ys, test_xs, test_ys = [], [], [], []
-    for c, ids in enumerate(parts):
-        ids = rng.permutation(ids)
-        n_test = int(math.floor(test_fraction * len(ids)))
-        if len(ids) - n_test < min_examples:
-            raise ValueError(
-                f"client {c} has {len(ids) - n_test} training examples < min_examples="
-                f"{min_examples}"
-            )
-        test_xs.append(x[ids[:n_test]])
-        test_ys.append(y[ids[:n_test]])
-        train_xs.append(x[ids[n_test:]])
-        train_ys.append(y[ids[n_test:]])
+    parts = _client_parts(partition, strat_labels, num_clients, seed, min_size, sites, name,
+                          alpha=alpha, classes_per_client=classes_per_client,
+                          size_distribution=size_distribution, size_sigma=size_sigma)  # fmt: skip
+    train_xs, train_ys, test_xs, test_ys = _split_clients(x, y, parts, seed, test_fraction,
+                                                          min_examples)  # fmt: skip
     train_xs, test_xs = standardize_clients(train_xs, test_xs, standardize)
     if standardize_target:
         pooled = np.concatenate(train_ys).astype(np.float64)

@@ -25,6 +25,7 @@ CYCLE_ORDER_FOLD = 2  # fold_in(seed key, 2): the key of cyclic training's shuff
 ASYNC_START_FOLD = 3  # fold_in(seed key, 3): the first asynchronous cohort
 AVAILABILITY_FOLD = 7  # fold_in(round key, 7): which clients are reachable this round
 ASYNC_CHAIN_FOLD = 11  # fold_in(round key, 11): the client chain of an asynchronous step
+ASYNC_AGGREGATE_FOLD = 13  # fold_in(round key, 13): the reduction (DP noise, SecAgg masks)
 
 
 class SyncKeys(NamedTuple):
@@ -44,16 +45,19 @@ class SyncKeys(NamedTuple):
 
 
 class AsyncKeys(NamedTuple):
-    """The keys of an asynchronous server step: ``jax.random.split(round_key)`` and the
-    client chain's ``fold_in(round_key, ASYNC_CHAIN_FOLD)``."""
+    """The keys of an asynchronous server step: ``jax.random.split(round_key)``, the client
+    chain's ``fold_in(round_key, ASYNC_CHAIN_FOLD)`` and the reduction's
+    ``fold_in(round_key, ASYNC_AGGREGATE_FOLD)``."""
 
     clients: jax.Array  # local training of the finished clients (folded with client id)
     select: jax.Array  # the clients that start next
     transform: jax.Array  # the client chain (folded with client id)
+    aggregate: jax.Array  # the reduction: DP noise, SecAgg masks
 
     @classmethod
     def of(cls, key: jax.Array) -> AsyncKeys:
-        return cls(*jax.random.split(key), jax.random.fold_in(key, ASYNC_CHAIN_FOLD))
+        return cls(*jax.random.split(key), jax.random.fold_in(key, ASYNC_CHAIN_FOLD),
+                   jax.random.fold_in(key, ASYNC_AGGREGATE_FOLD))  # fmt: skip
 
 
 class LocalKeys(NamedTuple):

@@ -34,12 +34,104 @@ from fljax.engine._state import ServerState
 from fljax.models import num_params
 
 PyTree = Any
-SERIAL_MODES = ("cyclic", "centralized", "async")  # one client or one buffer at a time
+SERIAL_MODES = ("cyclic", "centralized")  # one client at a time
 
 
 @dataclasses.dataclass
 class RunArgs:
-    """The arguments of :func:`fljax.simulate` (documented there)."""
+    r"""The arguments of :func:`fljax.simulate`, explained in full.
+
+    Attributes:
+        algorithm: from :func:`fljax.algorithms.get`.
+        model: from :func:`fljax.models.get`.
+        data: the federation, from :func:`fljax.data.load`.
+        rounds: total rounds.
+        clients_per_round: ``K`` clients sampled uniformly without replacement each round (in
+            cyclic mode: the next ``K`` clients of the cycle; ignored by centralized training,
+            which has one pooled dataset).
+        seed: the one seed every random choice derives from (initialisation, client
+            selection, minibatches, stragglers); equal seeds give bit-identical histories on one
+            backend and device count.
+        eval_every: rounds per compiled block; the global model is evaluated on every client's
+            test split at round 0 and after each block (and at the last round).
+        params: initial global parameters (a warm start or a pretrained model); by default
+            ``model.init`` with a key derived from ``seed``.
+        stragglers: fraction of the selected clients that are stragglers each round: exactly
+            ``K - round(K (1 - stragglers))`` of them, chosen at random (FedProx's protocol).
+        straggler_policy: ``"drop"`` (their updates are not aggregated, as FedAvg does) or
+            ``"partial"`` (they send the work done in a uniform 1..E-1 local epochs, as
+            FedProx does).
+        eval_train: also evaluate the global model on every client's TRAINING split at each
+            evaluation (``train_loss``, ``train_accuracy``, ...: the global objective
+            :math:`\sum_k p_k F_k(w)` that FedProx's paper plots). ``local_loss`` is always
+            reported: the mean loss of the local steps of the round block.
+        compression: a :class:`fljax.compress.Compressor` applied to every client's delta after
+            the algorithm's own client transform (its state, e.g. error-feedback residuals,
+            persists per client); ``bytes_up`` then counts its exact message size and history
+            entries carry ``compression_ratio`` (dense float32 bits / message bits).
+        downlink: a :class:`fljax.compress.Compressor` for the broadcast: the server keeps its
+            model x and the clients' copy x_hat, clients train from x_hat, and after each round
+            the server sends ``C(x - x_hat)`` (the gap carries over: implicit error feedback);
+            ``bytes_down`` counts its messages.
+        privacy: a :class:`fljax.privacy.Privacy` (``fljax.privacy.get(...)``):
+            client-level DP-FedAvg (replaces the aggregator; with Poisson client sampling
+            ``clients_per_round`` is the EXPECTED cohort and the vmapped cohort is padded to a
+            cap), local DP (a client transform before any compression) or record-level DP-SGD
+            in the local steps. Every history entry then carries ``epsilon`` and ``privacy``
+            (level, accountant, neighbouring relation, delta, noise multiplier, clip norm).
+            Client-level DP amplifies by sampling only under uniform or Poisson selection;
+            with another ``system`` selection rule (fastest, oort, ...) every client is
+            charged as if selected every round and ``privacy`` says so (``amplification``).
+        secure_aggregation: a :class:`fljax.privacy.SecAgg` (``fljax.privacy.get("secagg")``
+            or ``"secagg_plus"``): the server's sum becomes a simulated secure sum in
+            ``Z_(2^b)`` (exact decoded sum of the fixed-point updates; stragglers dropped under
+            ``straggler_policy="drop"`` are the protocol's dropouts, their masks recovered).
+            Composes with client-level DP (the clipped updates are summed securely, the server
+            adds the noise) and local DP; ``bytes_up`` then counts the protocol's messages and
+            each history entry carries ``secagg`` (running totals of PRG expansions, recovered
+            masks, recovery messages, dropouts).
+        system: a :class:`fljax.system.SystemModel` (``fljax.system.system(profiles, ...)``):
+            per-client availability each round, a simulated clock (download + local compute +
+            upload from each client's profile and the exact message bytes) and a deadline
+            (late clients dropped, or partial work). History entries then carry
+            ``sim_time_s``, the simulated seconds elapsed.
+        checkpoint_dir: save the full state (orbax) and the history at every evaluation
+            there, replacing the previous checkpoint.
+        resume: continue from the checkpoint in ``checkpoint_dir`` if there is one: the
+            history up to it is returned as it was (callbacks see only the new entries), and
+            the result equals that of an uninterrupted run, since round ``r`` always uses
+            ``fold_in(rounds_key, r)``. ``rounds`` may be larger than before (extend a run).
+        devices: devices to split the selected clients over (default: all local devices of
+            the default backend; the largest count dividing ``clients_per_round`` is used).
+            The training data is split along clients over the same devices (padded to a
+            multiple of their count), so each holds about ``1 / D`` of the federation.
+            On CPU, :func:`fljax.set_host_device_count` exposes one device per core.
+            Results are identical for a given device count; across counts they can differ
+            in the last bits (the order of the cross-device sum).
+        callbacks: called with each history entry as soon as it exists (e.g. to write
+            ``metrics.jsonl`` so that nothing computed is lost).
+        progress: show a tqdm progress bar.
+        seeds: run one independent simulation per seed as ONE compiled program (the rounds
+            ``vmap``ped over a leading seed axis of the state and the keys); each run equals
+            ``simulate(..., seed=s)`` (up to the last bits where XLA batches arithmetic
+            differently). Returns a list of results in the order of ``seeds``; callbacks see
+            every run's entries, each with its ``seed``. The runs are split over a
+            ``("runs", "clients")`` device mesh (the cohort over ``clients`` as for one run);
+            with ``checkpoint_dir`` all runs are saved as one step and resume together.
+        sweep: float hyperparameters of the algorithm to vary inside the same program,
+            ``{"client_lr": [0.01, 0.03, 0.1]}`` (lists of equal length, zipped): one run per
+            value and seed (seed-major order), each equal to the run with
+            ``fljax.algorithms.rebuild(algorithm, client_lr=v)``; entries carry ``sweep``.
+            Hyperparameters that fix shapes or Python control flow (epochs, batch size,
+            names) cannot vary in one program and are refused. Privacy, secure aggregation
+            and compression are wired into every rebuilt algorithm (the privacy plan does
+            not depend on float hyperparameters).
+        client_chunk: train the selected clients in chunks of this many (``vmap``ped chunks
+            one after another), bounding the memory of local training to one chunk's
+            activations; with the weighted mean the deltas' weighted sum streams through the
+            chunks (no stack of all deltas). The same result as one ``vmap`` over all of them.
+            ``None``: all at once. :func:`auto_client_chunk` derives it from a memory budget.
+    """
 
     algorithm: Any
     model: Any
@@ -185,8 +277,9 @@ def _checked_setup(a: RunArgs) -> tuple[_rules.Setup, int]:
 
 
 def _mesh_for(a: RunArgs, mode: str, width: int, num_runs: int, multi: bool):
-    """The device mesh: ``clients`` for one run, ``("runs", "clients")`` for many; none for
-    the modes that train one client or one buffer at a time."""
+    """The device mesh: ``clients`` for one run, ``("runs", "clients")`` for many (the
+    cohort, or an asynchronous buffer, split over ``clients``); none for the modes that train
+    one client at a time."""
     if mode in SERIAL_MODES:
         return None
     return run_mesh(num_runs, width, a.devices) if multi else client_mesh(width, a.devices)
@@ -210,8 +303,9 @@ def prepare(a: RunArgs) -> Run:
     base = init_state(algorithm, params, spec.x.shape[0])
     wire = _setup.wire_bytes(setup, algorithm, a.model, params, base, width)
     mesh = _mesh_for(a, mode, width, len(runs), multi)
+    secure = a.secure_aggregation is not None
     build_args = (a.model, a.data, k, mesh, _setup.stragglers_of(setup), a.downlink, dp_plan,
-                  a.system, wire.bytes, a.client_chunk)  # fmt: skip
+                  a.system, wire.bytes, a.client_chunk, secure)  # fmt: skip
     round_fn = build_round(algorithm, *build_args)
     block = build_block(round_fn)
     state = initial_state(round_fn, algorithm, params, spec.x.shape[0], root)

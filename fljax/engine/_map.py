@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 
 from fljax._devices import client_sharding
-from fljax.aggregate import weighted_sum
 
 PyTree = Any
 
@@ -47,9 +46,9 @@ class ClientMap(NamedTuple):
         return jax.lax.map(lambda a: fn(*a), per_client, batch_size=self.chunk)
 
     def streams(self, aggregator, k: int) -> bool:
-        """Whether a cohort of ``k`` reduces chunk by chunk: a linear aggregator and chunks
-        smaller than the cohort."""
-        return self.chunk is not None and aggregator.linear and self.chunk < k
+        """Whether a cohort of ``k`` reduces chunk by chunk: an aggregator with partial sums
+        (``aggregator.linear``) and chunks smaller than the cohort."""
+        return self.chunk is not None and aggregator.linear is not None and self.chunk < k
 
     def stream(
         self,
@@ -59,12 +58,13 @@ class ClientMap(NamedTuple):
         chain_states: PyTree,
         chain_keys: jax.Array,
         weights: jax.Array,
-        params: PyTree,
+        linear,
     ):
-        """Local training, the client chain and the weighted sum, chunk by chunk.
+        """Local training, the client chain and a linear aggregator's partial sums
+        (:class:`fljax.Linear`), chunk by chunk in a ``lax.scan`` carry.
 
-        Returns ``(sum_k w_k delta_k, outputs without deltas [K], chain states [K])``. The last
-        chunk is padded with weight-0 copies of the last client.
+        Returns ``(summed rows, outputs without deltas [K], chain states [K])``. The last
+        chunk is padded with weight-0 copies of the last client (which add nothing).
         """
         k, c = weights.shape[0], self.chunk
         m = -(-k // c)
@@ -77,14 +77,17 @@ class ClientMap(NamedTuple):
         w = jnp.concatenate([weights, jnp.zeros((m * c - k,), weights.dtype)])
         xs = (*jax.tree.map(chunked, (per_client, chain_states, chain_keys)), w.reshape(m, c))
 
-        def body(acc, chunk):
-            args, ts, tk, w = chunk
+        def chunk(args, ts, tk, w):
             out = jax.vmap(train_client)(*args)
             deltas, ts = jax.vmap(transform)(out.delta, ts, tk)
-            acc = jax.tree.map(jnp.add, acc, weighted_sum(deltas, w))
-            return acc, (out._replace(delta=()), ts)
+            return linear.chunk_sum(deltas, w, out.num_steps), out._replace(delta=()), ts
 
-        acc0 = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+        def body(acc, xs_i):
+            sums, out, ts = chunk(*xs_i)
+            return jax.tree.map(jnp.add, acc, sums), (out, ts)
+
+        first = jax.tree.map(lambda a: a[0], xs)
+        acc0 = jax.tree.map(jnp.zeros_like, jax.eval_shape(lambda a: chunk(*a)[0], first))
         total, (out, ts) = jax.lax.scan(body, acc0, xs)
         unchunk = lambda a: a.reshape(m * c, *a.shape[2:])[:k]  # noqa: E731
         return total, jax.tree.map(unchunk, out), jax.tree.map(unchunk, ts)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from fljax._base import Transform
-from fljax.aggregate import normalize_weighted_sum
 from fljax.engine._client_chain import chain_fn, chain_inputs
 from fljax.engine._context import RoundCtx, Stage
 from fljax.engine._map import ClientMap
@@ -47,19 +46,21 @@ def dense_reduce(aggregator: Transform, num_clients: int) -> Stage:
     return Stage("reduce", apply)
 
 
-def streamed_training(client_update, transform: Transform, cmap: ClientMap) -> Stage:
-    """Local training, the client chain and a linear aggregator's weighted sum fused chunk by
+def streamed_training(client_update, transform: Transform, aggregator: Transform,
+                      cmap: ClientMap) -> Stage:  # fmt: skip
+    """Local training, the client chain and a linear aggregator's partial sums fused chunk by
     chunk (no ``[K, ...]`` stack of messages); replaces local training, the client chain and
     the dense reduction when :meth:`ClientMap.streams`."""
     make = trainer(client_update)
+    linear = aggregator.linear
 
     def apply(state, ctx: RoundCtx):
         t_states, t_keys = chain_inputs(state, ctx)
         total, out, t_states = cmap.stream(
             make(state, ctx), chain_fn(transform, state), client_inputs(ctx), t_states, t_keys,
-            ctx.weights, state.params,
+            ctx.weights, linear,
         )  # fmt: skip
-        aggregate = normalize_weighted_sum(total, ctx.weights, state.params)
+        aggregate = linear.finish(total, state.params)
         return state, ctx._replace(out=out, transform_states=t_states, aggregate=aggregate)
 
     return Stage("streamed_training", apply)

@@ -142,6 +142,7 @@ class RoundSpec(NamedTuple):
     privacy: Any
     system: Any
     wire_bytes: tuple
+    secure: bool = False  # the aggregator is a secure sum
 
 
 def _selection(r: RoundSpec) -> list[Stage]:
@@ -165,7 +166,8 @@ def _training(r: RoundSpec) -> list[Stage]:
     algorithm, num_clients = r.algorithm, r.spec.x.shape[0]
     width = _select_width(r)
     if r.cmap.streams(algorithm.aggregator, width):
-        return [_reduce.streamed_training(r.client_update, algorithm.client_transform, r.cmap)]
+        return [_reduce.streamed_training(r.client_update, algorithm.client_transform,
+                                          algorithm.aggregator, r.cmap)]  # fmt: skip
     return [
         _train.local_training(r.client_update, r.cmap),
         client_chain(algorithm.client_transform),
@@ -231,19 +233,25 @@ def local(r: RoundSpec) -> list[Stage]:
 
 
 def asynchronous(r: RoundSpec) -> list[Stage]:
-    """The stages of one asynchronous server step (FedBuff / FedAsync)."""
+    """The stages of one asynchronous server step (FedBuff / FedAsync). With client-level DP
+    or secure aggregation the buffer is the step's cohort: staleness-scaled updates go through
+    the dense reduction (clipped noisy sum, secure sum)."""
     hp, num_clients = r.algorithm.hparams, r.spec.x.shape[0]
     b, s_max = hp["buffer_size"], hp["max_staleness"]
     times = _clock.full_work_times(r.system, r.spec, r.plan, r.wire_bytes)
     arrivals = _async.arrivals(b, s_max)._replace(
         init=_async.async_init(hp["concurrency"], s_max, times)
     )
+    reduction = [_async.staleness_reduce(r.algorithm.weighting, hp["staleness_exponent"],
+                                         hp["mixing"])]  # fmt: skip
+    if r.secure or (r.privacy is not None and r.privacy.privacy.level == "client"):
+        reduction = [_async.staleness_scale(hp["staleness_exponent"]),
+                     _reduce.aggregation_weights(r.algorithm.weighting),
+                     _reduce.dense_reduce(r.algorithm.aggregator, num_clients)]  # fmt: skip
     return [round_keys(AsyncKeys), arrivals, _train.gather_data(),
             _train.gather_clients_inputs(r.cmap, with_state=False),
             _train.own_model_training(r.client_update, r.cmap),
-            client_chain(r.algorithm.client_transform),
-            _async.staleness_reduce(r.algorithm.weighting, hp["staleness_exponent"],
-                                    hp["mixing"]),
+            client_chain(r.algorithm.client_transform), *reduction,
             _server.server_optimizer(r.algorithm.server_optimizer),
             _async.scatter_chain_states(), _async.restart(b, s_max, num_clients, times),
             _server.next_round()]  # fmt: skip
@@ -265,19 +273,21 @@ def build_round(
     system: Any | None = None,
     wire_bytes: tuple[float, float] = (0.0, 0.0),
     client_chunk: int | None = None,
+    secure: bool = False,
 ):
     """The pure round ``(state, round_key, train) -> (state, RoundMetrics)`` of ``algorithm``
     as the composition of its mode's stages (``round_fn.stages`` lists them).
 
     ``client_chunk``: the selected clients train ``client_chunk`` at a time; with a linear
     aggregator the chunks' weighted sums stream through a ``lax.scan`` carry. ``mesh``: the
-    cohort's inputs and local training are split over its ``clients`` axis.
+    cohort's inputs and local training are split over its ``clients`` axis. ``secure``: the
+    aggregator is a secure sum (asynchronous training then reduces densely).
     """
     spec = train_spec(data, algorithm)
     plan, client_update = client_update_for(algorithm, model, data, spec, privacy)
     r = RoundSpec(algorithm, model, data, spec, plan, client_update, clients_per_round,
                   ClientMap(client_chunk, mesh), stragglers, downlink, privacy, system,
-                  wire_bytes)  # fmt: skip
+                  wire_bytes, secure)  # fmt: skip
     return compose(MODES[algorithm.mode](r))
 
 

@@ -21,7 +21,8 @@ from fljax.privacy import Privacy, SecAgg
 from fljax.privacy._mechanisms import AMPLIFYING_SELECTIONS
 from fljax.system import SystemModel
 
-DP_MEAN_ALGORITHMS = ("fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "fedprox")
+DP_MEAN_ALGORITHMS = ("fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "fedprox",
+                      "fedbuff")  # fmt: skip
 SECAGG_COMPRESSORS = ("selective",)
 
 
@@ -102,9 +103,14 @@ RULES: tuple[Rule, ...] = (
     Rule("privacy", lambda s: s.level == "local", lambda s: s.mode in ("federated", "async"),
          lambda s: f"privacy={s.privacy.name!r} needs clients that send updates "
                    f"(mode 'federated' or 'async'), not {s.mode!r}"),
-    Rule("privacy", lambda s: s.level == "client", lambda s: s.mode == "federated",
-         lambda s: f"privacy={s.privacy.name!r} needs mode='federated', not {s.mode!r}: "
-                   "an asynchronous buffer has no fixed cohort to account for"),
+    Rule("privacy", lambda s: s.level == "client", lambda s: s.mode in ("federated", "async"),
+         lambda s: f"privacy={s.privacy.name!r} needs clients that send updates to a server "
+                   f"sum (mode 'federated' or FedBuff), not {s.mode!r}"),
+    Rule("privacy", lambda s: s.level == "client" and s.mode == "async",
+         lambda s: s.privacy.sampling == "fixed",
+         lambda s: "client-level DP with FedBuff: the buffer (the first B updates to arrive) is "
+                   "the cohort of a server step, not a Poisson sample; set sampling='fixed' "
+                   "(accounted conservatively, every client as if in every step)"),
     Rule("privacy", lambda s: s.level == "client",
          lambda s: _name(s) in DP_MEAN_ALGORITHMS,
          lambda s: f"client-level DP replaces the aggregator with a clipped noisy mean, which "
@@ -125,12 +131,21 @@ RULES: tuple[Rule, ...] = (
          lambda s: "system selection='poisson' with client-level DP: set the privacy "
                    "mechanism's sampling='poisson' instead, so that it is accounted as such"),
     # --- secure aggregation
-    Rule("secure_aggregation", lambda s: s.secagg is not None, lambda s: s.mode == "federated",
-         lambda s: f"secure aggregation needs mode='federated', not {s.mode!r}"),
     Rule("secure_aggregation", lambda s: s.secagg is not None,
-         lambda s: _name(s) in DP_MEAN_ALGORITHMS and s.algorithm.client_finalize is None,
-         lambda s: f"secure aggregation replaces the server's sum; algorithm {_name(s)!r} is "
-                   f"not a (weighted) mean of deltas; use one of {DP_MEAN_ALGORITHMS}"),
+         lambda s: s.mode == "federated" or (s.mode == "async"
+                                             and s.algorithm.hparams.get("mixing") is None),
+         lambda s: f"secure aggregation needs a server sum over a cohort (mode 'federated', or "
+                   f"FedBuff's buffer), not {_name(s)!r} in mode {s.mode!r}"),
+    Rule("secure_aggregation", lambda s: s.secagg is not None and s.level != "client",
+         lambda s: s.algorithm.aggregator.linear is not None,
+         lambda s: f"secure aggregation computes sums; the aggregator of {_name(s)!r} is not a "
+                   "finish of per-client partial sums (fljax.Linear: the weighted mean, "
+                   "FedNova), so the server would need the individual updates"),
+    Rule("secure_aggregation", lambda s: s.secagg is not None,
+         lambda s: s.algorithm.client_finalize is None and s.algorithm.personal is None,
+         lambda s: f"secure aggregation masks the model update only; {_name(s)!r} sends more "
+                   "(control variates, gradient memory) or keeps private layers, which the "
+                   "protocol would leave in the clear"),
     Rule("secure_aggregation", lambda s: s.secagg is not None and s.compression is not None,
          lambda s: s.compression.name in SECAGG_COMPRESSORS,
          lambda s: f"compression={s.compression.name!r} does not compose with secure "
@@ -146,9 +161,6 @@ RULES: tuple[Rule, ...] = (
     Rule("mode='async'", lambda s: s.mode == "async", lambda s: s.system is not None,
          lambda s: f"{_name(s)!r} is asynchronous: give system= (fljax.system.system("
                    "profiles)); the device profiles decide which clients finish first"),
-    Rule("mode='async'", lambda s: s.mode == "async", lambda s: s.secagg is None,
-         lambda s: f"secure_aggregation= with asynchronous {_name(s)!r}: a secure sum needs "
-                   "the whole cohort's masked inputs in one round, a buffer fills over time"),
     Rule("mode='async'", lambda s: s.mode == "async",
          lambda s: s.algorithm.hparams["concurrency"] <= s.data.num_clients,
          lambda s: f"concurrency={s.algorithm.hparams['concurrency']} exceeds the "
@@ -175,6 +187,8 @@ def check(setup: Setup) -> None:
 
 def amplified_selection(setup: Setup) -> str:
     """The selection rule the client-level accountant is told about."""
+    if setup.mode == "async":  # the buffer: whoever finishes first
+        return "arrival_order"
     if setup.privacy is not None and setup.privacy.sampling == "poisson":
         return "poisson"
     rule = _selection(setup)

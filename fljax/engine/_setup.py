@@ -65,14 +65,18 @@ def wire_components(algorithm, setup: Setup, dp_plan):
 
 
 def with_secagg(setup: Setup, algorithm, dp_plan):
-    """The algorithm whose sum is a simulated secure sum (around the DP aggregator's clipped
-    sum under client-level DP)."""
-    inner = None
-    if dp_plan is not None and dp_plan.privacy.level == "client":
-        inner = dp_plan.clipped_sum()  # its clipped rows are summed securely
+    """The algorithm whose sum is a simulated secure sum: of its aggregator's partial sums
+    (:class:`fljax.Linear`), or of DP's clipped updates under client-level DP."""
     n = np.asarray(setup.data.train.num_examples)
     bound = float(n.max()) if algorithm.weighting == "num_examples" else 1.0
-    return algorithm._replace(aggregator=secure_aggregator(setup.secagg, bound, inner))
+    if dp_plan is not None and dp_plan.privacy.level == "client":
+        return algorithm._replace(
+            aggregator=secure_aggregator(setup.secagg, bound, inner=dp_plan.clipped_sum())
+        )
+    max_steps = plan_local_work_for(algorithm, train_spec(setup.data, algorithm)).max_steps
+    secure = secure_aggregator(setup.secagg, bound, linear=algorithm.aggregator.linear,
+                               max_steps=max_steps)  # fmt: skip
+    return algorithm._replace(aggregator=secure)
 
 
 def with_compression(algorithm, compression):

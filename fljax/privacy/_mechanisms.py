@@ -545,26 +545,8 @@ def plan(
     uniformly random (not in ``AMPLIFYING_SELECTIONS``) is accounted without amplification.
     """
     if privacy.level == "record":
-        if batch_size is None:
-            raise ValueError("dp_sgd needs a local batch_size (the expected Poisson batch)")
-        n = np.maximum(np.asarray(num_examples), 1)
-        rates = tuple(float(r) for r in np.minimum(1.0, batch_size / n))
-        steps_t = tuple(int(s) for s in np.asarray(steps))
-        z = privacy.noise_multiplier
-        if z is None:  # worst client: calibrate each distinct (rate, steps), keep the largest z
-            z = max(
-                acc.calibrate_noise_multiplier(
-                    privacy.target_epsilon,
-                    privacy.delta,
-                    rounds * s,
-                    sampling_rate=r,
-                    accountant=privacy.accountant,
-                )
-                for r, s in sorted(set(zip(rates, steps_t, strict=True)))
-            )
-        return PrivacyPlan(
-            privacy, float(z), 1.0, 1.0, clients_per_round, num_clients, steps_t, rates
-        )
+        return _record_plan(privacy, num_clients, clients_per_round, rounds, steps,
+                            num_examples, batch_size)  # fmt: skip
     if privacy.level == "local":
         z = privacy.noise_multiplier
         if z is None:
@@ -572,40 +554,77 @@ def plan(
                 privacy.target_epsilon, privacy.delta, rounds, accountant=privacy.accountant
             )
         return PrivacyPlan(privacy, float(z), 1.0, 1.0, clients_per_round, num_clients)
+    return _client_plan(privacy, num_clients, clients_per_round, rounds, selection)
+
+
+def _record_plan(privacy, num_clients, clients_per_round, rounds, steps, num_examples,
+                 batch_size) -> PrivacyPlan:  # fmt: skip
+    """Record level: each client's Poisson record rate ``B / n_i``; calibration targets the
+    worst client."""
+    if batch_size is None:
+        raise ValueError("dp_sgd needs a local batch_size (the expected Poisson batch)")
+    n = np.maximum(np.asarray(num_examples), 1)
+    rates = tuple(float(r) for r in np.minimum(1.0, batch_size / n))
+    steps_t = tuple(int(s) for s in np.asarray(steps))
+    z = privacy.noise_multiplier
+    if z is None:  # worst client: calibrate each distinct (rate, steps), keep the largest z
+        z = max(
+            acc.calibrate_noise_multiplier(
+                privacy.target_epsilon,
+                privacy.delta,
+                rounds * s,
+                sampling_rate=r,
+                accountant=privacy.accountant,
+            )
+            for r, s in sorted(set(zip(rates, steps_t, strict=True)))
+        )
+    return PrivacyPlan(privacy, float(z), 1.0, 1.0, clients_per_round, num_clients, steps_t, rates)
+
+
+def _client_cohort(privacy, num_clients, clients_per_round, rounds) -> tuple[int, float]:
+    """Client level: the ``vmap``ped cohort width and the expected cohort (the denominator)."""
     rate = clients_per_round / num_clients
     if privacy.sampling == "fixed":
-        cohort, expected = clients_per_round, float(clients_per_round)
-    else:
-        expected = rate * num_clients
-        cohort = privacy.max_cohort or max(
-            clients_per_round, cohort_cap(num_clients, rate, rounds, privacy.delta)
+        return clients_per_round, float(clients_per_round)
+    cohort = privacy.max_cohort or max(
+        clients_per_round, cohort_cap(num_clients, rate, rounds, privacy.delta)
+    )
+    if not clients_per_round <= cohort <= num_clients:
+        raise ValueError(
+            f"max_cohort must be in [clients_per_round={clients_per_round}, "
+            f"num_clients={num_clients}], got {cohort}"
         )
-        if not clients_per_round <= cohort <= num_clients:
-            raise ValueError(
-                f"max_cohort must be in [clients_per_round={clients_per_round}, "
-                f"num_clients={num_clients}], got {cohort}"
-            )
+    return cohort, rate * num_clients
+
+
+def _client_noise(privacy, out: PrivacyPlan, rounds: int) -> float:
+    """The noise multiplier: given, or calibrated to ``target_epsilon`` after ``rounds``."""
+    if privacy.noise_multiplier is not None:
+        return privacy.noise_multiplier
+    rate, num_clients, cohort = out.rate, out.population, out.cohort
+    kwargs = dict(accountant=privacy.accountant, population=num_clients)
+    target, delta = privacy.target_epsilon, privacy.delta
+    if not out.amplified:
+        return 2 * acc.calibrate_noise_multiplier(target, delta, rounds,
+                                                  accountant=privacy.accountant)  # fmt: skip
+    if rate >= 1.0:
+        return acc.calibrate_noise_multiplier(target, delta, rounds,
+                                              accountant=privacy.accountant)  # fmt: skip
+    if privacy.sampling == "fixed":
+        return 2 * acc.calibrate_noise_multiplier(target, delta, rounds, sampling_rate=rate,
+                                                  sampling="fixed", **kwargs)  # fmt: skip
+    cap = cohort if (privacy.accountant == "pld" and cohort < num_clients) else None
+    return acc.calibrate_noise_multiplier(target, delta, rounds, sampling_rate=rate, cap=cap,
+                                          **kwargs)  # fmt: skip
+
+
+def _client_plan(privacy, num_clients, clients_per_round, rounds, selection) -> PrivacyPlan:
+    """Client level: sampling rate, cohort cap, calibration, and (RDP, Poisson) a cap wide
+    enough that truncating the cohort costs at most ``delta / 100``."""
+    rate = clients_per_round / num_clients
+    cohort, expected = _client_cohort(privacy, num_clients, clients_per_round, rounds)
     out = PrivacyPlan(privacy, 0.0, rate, expected, int(cohort), num_clients, selection=selection)
-    z = privacy.noise_multiplier
-    if z is None:
-        kwargs = dict(accountant=privacy.accountant, population=num_clients)
-        if not out.amplified:
-            z = 2 * acc.calibrate_noise_multiplier(privacy.target_epsilon, privacy.delta, rounds,
-                                                   accountant=privacy.accountant)  # fmt: skip
-        elif rate >= 1.0:
-            z = acc.calibrate_noise_multiplier(privacy.target_epsilon, privacy.delta, rounds,
-                                               accountant=privacy.accountant)  # fmt: skip
-        elif privacy.sampling == "fixed":
-            z = 2 * acc.calibrate_noise_multiplier(
-                privacy.target_epsilon, privacy.delta, rounds, sampling_rate=rate,
-                sampling="fixed", **kwargs,
-            )  # fmt: skip
-        else:
-            cap = cohort if (privacy.accountant == "pld" and cohort < num_clients) else None
-            z = acc.calibrate_noise_multiplier(
-                privacy.target_epsilon, privacy.delta, rounds, sampling_rate=rate, cap=cap,
-                **kwargs,
-            )  # fmt: skip
+    z = _client_noise(privacy, out, rounds)
     if privacy.adaptive is not None:  # fail early on an impossible count noise
         sigma_b = privacy.adaptive.count_noise or expected / 20.0
         adaptive_update_noise(float(z), sigma_b)

@@ -112,7 +112,10 @@ def encode(x: jax.Array, scale: jax.Array, levels: int, bits: int, key: jax.Arra
     """Fixed-point encoding into ``Z_(2^b)`` (uint32): ``clip(floor(x * scale + u))``,
     ``u ~ U[0, 1)`` (unbiased stochastic rounding), two's complement modulo ``2^b``."""
     u = jax.random.uniform(key, x.shape)
+    # Clip in float32 to stay inside int32, then again in int32: at b = 32, ``levels`` is not
+    # a float32 (715827882 rounds to 715827904), and K values at the edge would overflow.
     q = jnp.clip(jnp.floor(x * scale + u), -levels, levels).astype(jnp.int32)
+    q = jnp.clip(q, -levels, levels)
     return jax.lax.bitcast_convert_type(q, jnp.uint32) & _mask(bits)
 
 
@@ -244,6 +247,12 @@ def secure_ring_sum(
 
     fix = jnp.sum(jax.vmap(correction)(jnp.arange(k_count)), axis=0, dtype=jnp.uint32)
     ring_sum = (total - fix) & m
+    return ring_sum, sent, _protocol_stats(secagg, nbr, edge, included, active)
+
+
+def _protocol_stats(secagg: SecAgg, nbr, edge, included, active) -> SecAggStats:
+    """The round's counts: PRG expansions by clients and server, recovered pairwise masks,
+    recovery messages, survivors and dropouts (Bonawitz et al. 2017, Sec. 4 costs)."""
     dropped_nbrs = jnp.sum(~included[nbr] & edge, axis=1) * included  # per survivor
     live_nbrs = jnp.sum(edge, axis=1)
     survivors = jnp.sum(included).astype(jnp.int32)
@@ -251,7 +260,7 @@ def secure_ring_sum(
     # Unmasking round: a survivor sends one share per neighbour: of b_j (survivor) or of
     # s_j^SK (dropped); without self masks only the dropped neighbours' shares are needed.
     shares = dropped_nbrs + (live_nbrs - dropped_nbrs) * int(secagg.self_masks)
-    stats = SecAggStats(
+    return SecAggStats(
         prg_client=jnp.sum((live_nbrs + int(secagg.self_masks)) * active).astype(jnp.int32),
         prg_server=survivors * int(secagg.self_masks) + recovered,
         recovered_pairs=recovered,
@@ -259,7 +268,6 @@ def secure_ring_sum(
         survivors=survivors,
         dropped=jnp.sum(active).astype(jnp.int32) - survivors,
     )
-    return ring_sum, sent, stats
 
 
 class SecureMeanState(NamedTuple):
@@ -281,30 +289,40 @@ def _flatten_rows(rows):
     return flat, ravel_pytree(jax.tree.map(lambda a: a[0], rows))[1]
 
 
-def secure_aggregator(secagg: SecAgg, weight_bound: float, inner=None):
+def secure_aggregator(secagg: SecAgg, weight_bound: float, inner=None, linear=None,
+                      max_steps: int = 1):  # fmt: skip
     r"""The aggregator that replaces the server's plain sum with :func:`secure_sum`.
 
-    Without ``inner`` it is the weighted mean: each client sends
-    :math:`[\tilde w_k \Delta_k, \tilde w_k]` with :math:`\tilde w_k = w_k / W` (``W =
-    weight_bound``, a public bound on the weights) clipped to ``[-R, R]`` resp. ``[0, 1]``, and
-    the server divides the two secure sums. With ``inner`` (a
+    With ``linear`` (a :class:`fljax.Linear`: the weighted mean, FedNova, ...) each client
+    sends its rows built with weights :math:`\tilde w_k = w_k / W` (``W = weight_bound``, a
+    public bound on the weights), each coordinate clipped to the bound the aggregator states
+    (``clip_range`` for update coordinates, 1 for weights, ``max_steps`` for step counts), and
+    the server finishes the aggregate from the secure sums (for the weighted mean
+    :math:`[\tilde w_k \Delta_k, \tilde w_k]`, divided). With ``inner`` (a
     :class:`fljax.privacy.ClippedSum`: DP-FedAvg's clip and finish) the clients' clipped
     updates are summed securely and the server finishes the DP step on that sum.
     """
     from fljax.privacy._mechanisms import SUM_KEY_FOLD
 
+    if (inner is None) == (linear is None):
+        raise ValueError("secure_aggregator needs exactly one of inner (DP) and linear")
+
     def init(params):
         return SecureMeanState(() if inner is None else inner.init(params), _zero_stats())
 
-    def secure_rows(rows, included, client_ids, key, active):
+    def secure_rows(rows, included, client_ids, key, active, bounds):
         flat, unravel = _flatten_rows(rows)
-        ranges = jnp.full((flat.shape[1],), secagg.clip_range, jnp.float32)
+        row0 = jax.tree.map(lambda a: a[0], rows)
+        ranges = ravel_pytree(tuple(
+            jax.tree.map(lambda a, b=b: jnp.full(jnp.shape(a), b, jnp.float32), part)
+            for b, part in zip(bounds, row0, strict=True)
+        ))[0]  # fmt: skip
         out, stats = secure_sum(flat, included, client_ids, key, secagg, ranges, active)
         return unravel(out), stats
 
     def update(
         updates, state, params=None, *, key=None, weights=None, client_ids=None, active=None,
-        **extra,
+        num_steps=None, **extra,
     ):  # fmt: skip
         del params, extra
         if client_ids is None or key is None or weights is None:
@@ -312,20 +330,17 @@ def secure_aggregator(secagg: SecAgg, weight_bound: float, inner=None):
         included = weights > 0
         if inner is not None:
             clipped, inc, norms = inner.clip(updates, state.inner, weights)
-            total, stats = secure_rows(clipped, inc, client_ids,
-                                       jax.random.fold_in(key, SUM_KEY_FOLD), active)  # fmt: skip
-            out, inner_state = inner.finish(total, state.inner, key, inc, norms)
+            total, stats = secure_rows((clipped,), inc, client_ids,
+                                       jax.random.fold_in(key, SUM_KEY_FOLD), active,
+                                       (secagg.clip_range,))  # fmt: skip
+            out, inner_state = inner.finish(total[0], state.inner, key, inc, norms)
             return out, SecureMeanState(inner_state, stats)
         w = jnp.where(included, weights / weight_bound, 0.0)
-        flat, unravel = _flatten_rows(updates)
-        flat = flat * w[:, None]
-        values = jnp.concatenate([flat, w[:, None]], axis=1)
-        ranges = jnp.concatenate(
-            [jnp.full((flat.shape[1],), secagg.clip_range, jnp.float32), jnp.ones((1,))]
-        )
-        total, stats = secure_sum(values, included, client_ids, key, secagg, ranges, active)
-        mean = total[:-1] / jnp.maximum(total[-1], 1e-12)
-        return unravel(jnp.where(total[-1] > 0, mean, 0.0)), SecureMeanState((), stats)
+        rows = linear.rows(updates, w, num_steps)
+        sums, stats = secure_rows(rows, included, client_ids, key, active,
+                                  linear.bounds(secagg.clip_range, max_steps))  # fmt: skip
+        like = jax.tree.map(lambda a: a[0], updates)
+        return linear.finish(sums, like), SecureMeanState((), stats)
 
     return Transform(init, update)
 
