@@ -117,18 +117,20 @@ def scatter_chain_states() -> Stage:
     return Stage("scatter_chain_states", apply)
 
 
-def restart(buffer_size: int, max_staleness: int, num_clients: int, times) -> Stage:
-    """The new model enters the ring buffer; the finished slots restart with clients not in
-    flight (uniformly), from the new version, finishing ``times[client]`` later."""
+def restart(buffer_size: int, max_staleness: int, num_clients: int, times,
+            downlink: bool = False) -> Stage:  # fmt: skip
+    """The new model enters the ring buffer (with downlink compression: the clients' copy
+    ``x_hat`` of it, what a client starting now receives); the finished slots restart with
+    clients not in flight (uniformly), from the new version, finishing ``times[client]``
+    later."""
     t_all = jnp.asarray(times, jnp.float32)
 
     def apply(state, ctx: RoundCtx):
         a = state.system_state
         slots, now = ctx.arrivals
         version = a.version + 1
-        models = jax.tree.map(
-            lambda r, p: r.at[version % max_staleness].set(p), a.models, state.params
-        )
+        sent = state.broadcast if downlink else state.params
+        models = jax.tree.map(lambda r, p: r.at[version % max_staleness].set(p), a.models, sent)
         busy = jnp.zeros((num_clients,), bool).at[a.ids].set(True).at[ctx.ids].set(False)
         u = jax.random.uniform(ctx.keys.select, (num_clients,))
         new_ids = jnp.argsort(jnp.where(busy, 2.0 + u, u))[:buffer_size].astype(jnp.int32)

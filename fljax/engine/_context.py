@@ -10,6 +10,7 @@ and adds its own part. A round is :func:`compose` of a list of stages; a trainin
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -26,6 +27,7 @@ ASYNC_START_FOLD = 3  # fold_in(seed key, 3): the first asynchronous cohort
 AVAILABILITY_FOLD = 7  # fold_in(round key, 7): which clients are reachable this round
 ASYNC_CHAIN_FOLD = 11  # fold_in(round key, 11): the client chain of an asynchronous step
 ASYNC_AGGREGATE_FOLD = 13  # fold_in(round key, 13): the reduction (DP noise, SecAgg masks)
+ASYNC_DOWNLINK_FOLD = 17  # fold_in(round key, 17): the downlink compressor
 
 
 class SyncKeys(NamedTuple):
@@ -45,19 +47,20 @@ class SyncKeys(NamedTuple):
 
 
 class AsyncKeys(NamedTuple):
-    """The keys of an asynchronous server step: ``jax.random.split(round_key)``, the client
-    chain's ``fold_in(round_key, ASYNC_CHAIN_FOLD)`` and the reduction's
-    ``fold_in(round_key, ASYNC_AGGREGATE_FOLD)``."""
+    """The keys of an asynchronous server step: ``jax.random.split(round_key)``, then the
+    client chain's, the reduction's and the downlink's ``fold_in(round_key, ASYNC_*_FOLD)``."""
 
     clients: jax.Array  # local training of the finished clients (folded with client id)
     select: jax.Array  # the clients that start next
     transform: jax.Array  # the client chain (folded with client id)
     aggregate: jax.Array  # the reduction: DP noise, SecAgg masks
+    downlink: jax.Array  # the downlink compressor
 
     @classmethod
     def of(cls, key: jax.Array) -> AsyncKeys:
-        return cls(*jax.random.split(key), jax.random.fold_in(key, ASYNC_CHAIN_FOLD),
-                   jax.random.fold_in(key, ASYNC_AGGREGATE_FOLD))  # fmt: skip
+        fold = functools.partial(jax.random.fold_in, key)
+        return cls(*jax.random.split(key), fold(ASYNC_CHAIN_FOLD), fold(ASYNC_AGGREGATE_FOLD),
+                   fold(ASYNC_DOWNLINK_FOLD))  # fmt: skip
 
 
 class LocalKeys(NamedTuple):

@@ -139,7 +139,7 @@ class RoundSpec(NamedTuple):
     cmap: ClientMap
     stragglers: Any
     downlink: Any
-    privacy: Any
+    dp_plan: Any  # the run's PrivacyPlan, or None
     system: Any
     wire_bytes: tuple
     secure: bool = False  # the aggregator is a secure sum
@@ -147,7 +147,7 @@ class RoundSpec(NamedTuple):
 
 def _selection(r: RoundSpec) -> list[Stage]:
     num_clients = r.spec.x.shape[0]
-    system, dp = r.system, r.privacy
+    system, dp = r.system, r.dp_plan
     available = None if system is None else _select.availability_fn(system, num_clients)
     if dp is not None and dp.poisson_clients:
         return [_select.poisson_selection(num_clients, dp.rate, dp.cohort, available)]
@@ -176,8 +176,8 @@ def _training(r: RoundSpec) -> list[Stage]:
 
 
 def _select_width(r: RoundSpec) -> int:
-    if r.privacy is not None and r.privacy.poisson_clients:
-        return r.privacy.cohort
+    if r.dp_plan is not None and r.dp_plan.poisson_clients:
+        return r.dp_plan.cohort
     if r.system is not None and r.system.selection == "poisson":
         return _select.poisson_cap(r.spec.x.shape[0], r.k)
     return r.k
@@ -192,7 +192,7 @@ def synchronous(r: RoundSpec) -> list[Stage]:
               _train.gather_data(), _clock.work_budget(r.plan, steps, r.stragglers)]  # fmt: skip
     if system is not None:
         stages.append(_clock.deadline(system, r.plan, r.wire_bytes))
-    elif r.privacy is not None and r.privacy.poisson_clients:
+    elif r.dp_plan is not None and r.dp_plan.poisson_clients:
         stages.append(_clock.drop_unreachable())
     stages += [_train.gather_clients_inputs(r.cmap),
                _reduce.aggregation_weights(algorithm.weighting), *_training(r),
@@ -244,7 +244,7 @@ def asynchronous(r: RoundSpec) -> list[Stage]:
     )
     reduction = [_async.staleness_reduce(r.algorithm.weighting, hp["staleness_exponent"],
                                          hp["mixing"])]  # fmt: skip
-    if r.secure or (r.privacy is not None and r.privacy.privacy.level == "client"):
+    if r.secure or (r.dp_plan is not None and r.dp_plan.privacy.level == "client"):
         reduction = [_async.staleness_scale(hp["staleness_exponent"]),
                      _reduce.aggregation_weights(r.algorithm.weighting),
                      _reduce.dense_reduce(r.algorithm.aggregator, num_clients)]  # fmt: skip
@@ -253,7 +253,9 @@ def asynchronous(r: RoundSpec) -> list[Stage]:
             _train.own_model_training(r.client_update, r.cmap),
             client_chain(r.algorithm.client_transform), *reduction,
             _server.server_optimizer(r.algorithm.server_optimizer),
-            _async.scatter_chain_states(), _async.restart(b, s_max, num_clients, times),
+            *([_server.downlink(r.downlink)] if r.downlink is not None else []),
+            _async.scatter_chain_states(),
+            _async.restart(b, s_max, num_clients, times, r.downlink is not None),
             _server.next_round()]  # fmt: skip
 
 
@@ -269,7 +271,7 @@ def build_round(
     mesh: jax.sharding.Mesh | None = None,
     stragglers: _clock.Stragglers | None = None,
     downlink: Any | None = None,
-    privacy: Any | None = None,
+    dp_plan: Any | None = None,
     system: Any | None = None,
     wire_bytes: tuple[float, float] = (0.0, 0.0),
     client_chunk: int | None = None,
@@ -284,9 +286,9 @@ def build_round(
     aggregator is a secure sum (asynchronous training then reduces densely).
     """
     spec = train_spec(data, algorithm)
-    plan, client_update = client_update_for(algorithm, model, data, spec, privacy)
+    plan, client_update = client_update_for(algorithm, model, data, spec, dp_plan)
     r = RoundSpec(algorithm, model, data, spec, plan, client_update, clients_per_round,
-                  ClientMap(client_chunk, mesh), stragglers, downlink, privacy, system,
+                  ClientMap(client_chunk, mesh), stragglers, downlink, dp_plan, system,
                   wire_bytes, secure)  # fmt: skip
     return compose(MODES[algorithm.mode](r))
 

@@ -87,9 +87,10 @@ RULES: tuple[Rule, ...] = (
          lambda s: s.mode in ("federated", "async"),
          lambda s: f"compression needs a mode whose clients send updates ('federated' or "
                    f"'async'), not {s.mode!r}"),
-    Rule("downlink", lambda s: s.downlink is not None, lambda s: s.mode in ("federated",),
-         lambda s: f"downlink compression needs mode='federated', not {s.mode!r}: "
-                   "asynchronous clients start from the stale models they received"),
+    Rule("downlink", lambda s: s.downlink is not None,
+         lambda s: s.mode in ("federated", "async"),
+         lambda s: f"downlink compression needs a server that broadcasts a model (mode "
+                   f"'federated' or 'async'), not {s.mode!r}"),
     Rule("downlink", lambda s: s.downlink is not None,
          lambda s: not s.downlink.hparams.get("error_feedback"),
          lambda s: "downlink already carries the untransmitted gap x - x_hat over; build the "
