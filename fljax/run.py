@@ -277,6 +277,7 @@ def _simulate(cfg: DictConfig, c: _Components, seeds, sweep, state_dir, callback
         resume=bool(cfg.get("resume", False)), callbacks=callbacks,
         progress=bool(cfg.get("progress", False)), seeds=seeds, sweep=sweep,
         client_chunk=_client_chunk(cfg, c.algorithm, c.model, c.data),
+        client_map=str(cfg.get("client_map", "vmap")),
     )  # fmt: skip
 
 

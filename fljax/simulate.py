@@ -143,6 +143,7 @@ def simulate(
     seeds: Sequence[int] | None = None,
     sweep: dict[str, Sequence[float]] | None = None,
     client_chunk: int | None = None,
+    client_map: str = "vmap",
 ) -> SimulationResult | list[SimulationResult]:
     r"""Runs ``rounds`` rounds of ``algorithm`` on ``data`` and evaluates every ``eval_every``.
 
@@ -174,6 +175,8 @@ def simulate(
         seeds: one run per seed as ONE compiled program (a list of results).
         sweep: ``{"client_lr": [...]}``: float hyperparameters varied inside the program.
         client_chunk: train the cohort this many clients at a time (bounded memory).
+        client_map: ``"vmap"``, ``"device_vmap"`` or ``"sequential"``: how clients are mapped
+            (the same result; speed differs by model and device).
 
     Returns:
         A :class:`SimulationResult` (a list of them with ``seeds`` or ``sweep``).

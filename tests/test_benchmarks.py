@@ -58,3 +58,13 @@ def test_peers_without_the_bench_extra_times_fljax_and_names_what_is_missing():
                       "4", "--repeats", "1", "--skip", "flower")  # fmt: skip
     assert fig["fljax_s_per_round"] > 0
     assert "torch_s_per_round" in fig or "torch" in fig["missing"]
+
+
+def test_imaging_reports_each_strategy_against_the_loop():
+    spec = importlib.util.spec_from_file_location("imaging", ROOT / "benchmarks/imaging.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = module.measure(2, 1, 4, 1, ["vmap", "sequential"])
+    for s in ("vmap", "sequential"):
+        assert out[f"{s}_examples_per_s"] > 0 and out[f"{s}_over_loop"] > 0
+    assert out["loop_examples_per_s"] > 0 and out["central_examples_per_s"] > 0

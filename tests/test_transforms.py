@@ -55,6 +55,22 @@ def _leaves(tree):
                        else a) for a in jax.tree.leaves(tree)]  # fmt: skip
 
 
+def _assert_pure_and_carried(step, inputs, state, key, tmp_path):
+    """One key gives one result; outputs keep the parameters' shapes and are finite; 3 rounds
+    reuse one trace; the state stays a scan carry that survives a checkpoint."""
+    out1, s1 = step(inputs, state, key)
+    out2, s2 = step(inputs, state, key)
+    for a, b in zip(_leaves((out1, s1)), _leaves((out2, s2)), strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(out1), jax.tree.leaves(TREE), strict=True):
+        assert a.shape == b.shape and np.all(np.isfinite(np.asarray(a)))
+    s = state
+    for r in range(3):
+        _, s = step(inputs, s, jax.random.fold_in(key, r))
+    _check_state(state, s, tmp_path)
+    return out1
+
+
 def _check_state(state, new, tmp_path):
     assert jax.tree.structure(new) == jax.tree.structure(state)
     for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(state), strict=True):
@@ -76,20 +92,10 @@ def test_client_transform_contract(name, tmp_path):
         traces.append(1)
         return t.update(u, s, TREE, key=key)
 
-    step = jax.jit(step)
     state = t.init(TREE)
     key = jax.random.key(0)
-    out1, s1 = step(TREE, state, key)
-    out2, s2 = step(TREE, state, key)
-    for a, b in zip(_leaves((out1, s1)), _leaves((out2, s2)), strict=True):
-        np.testing.assert_array_equal(a, b)  # pure: one key, one result
-    for a, b in zip(jax.tree.leaves(out1), jax.tree.leaves(TREE), strict=True):
-        assert a.shape == b.shape and np.all(np.isfinite(np.asarray(a)))
-    s = state
-    for r in range(3):
-        _, s = step(TREE, s, jax.random.fold_in(key, r))
+    _assert_pure_and_carried(jax.jit(step), TREE, state, key, tmp_path)
     assert len(traces) == 1  # one trace serves every round
-    _check_state(state, s, tmp_path)
     # vmaps over clients (the round lifts it so).
     stacked = jax.tree.map(lambda a: jnp.stack([a] * K), TREE)
     states = jax.tree.map(lambda a: jnp.stack([a] * K), state)
@@ -113,20 +119,10 @@ def test_aggregator_contract(name, tmp_path):
         traces.append(1)
         return agg.update(d, s, TREE, key=key, **kw)
 
-    step = jax.jit(step)
     state = agg.init(TREE)
     key = jax.random.key(3)
-    out1, s1 = step(deltas, state, key)
-    out2, s2 = step(deltas, state, key)
-    for a, b in zip(_leaves((out1, s1)), _leaves((out2, s2)), strict=True):
-        np.testing.assert_array_equal(a, b)
-    for a, b in zip(jax.tree.leaves(out1), jax.tree.leaves(TREE), strict=True):
-        assert a.shape == b.shape and np.all(np.isfinite(np.asarray(a)))  # K axis dropped
-    s = state
-    for r in range(3):
-        _, s = step(deltas, s, jax.random.fold_in(key, r))
+    out1 = _assert_pure_and_carried(jax.jit(step), deltas, state, key, tmp_path)  # K dropped
     assert len(traces) == 1
-    _check_state(state, s, tmp_path)
     if agg.linear is not None:  # its partial sums finish to its update
         lin = agg.linear
         like = jax.tree.map(lambda a: a[0], deltas)

@@ -131,6 +131,11 @@ class RunArgs:
             activations; with the weighted mean the deltas' weighted sum streams through the
             chunks (no stack of all deltas). The same result as one ``vmap`` over all of them.
             ``None``: all at once. :func:`auto_client_chunk` derives it from a memory budget.
+        client_map: how clients are mapped (:class:`fljax.engine.ClientMap`): ``"vmap"``
+            (all batched, the default), ``"device_vmap"`` (each device batches its own group
+            under ``shard_map``) or ``"sequential"`` (each device runs its clients one after
+            another; convolutions stay ordinary instead of grouped). Every strategy gives the
+            same result up to float32 rounding.
     """
 
     algorithm: Any
@@ -157,13 +162,13 @@ class RunArgs:
     seeds: Sequence[int] | None = None
     sweep: dict | None = None
     client_chunk: int | None = None
+    client_map: str = "vmap"
 
 
 def _setup_of(a: RunArgs, clients_per_round: int) -> _rules.Setup:
     return _rules.Setup(
         a.algorithm, a.data, clients_per_round, a.stragglers, a.straggler_policy, a.compression,
-        a.downlink, a.privacy, a.secure_aggregation, a.system, a.seeds is not None or bool(a.sweep),
-        a.sweep, a.checkpoint_dir is not None or a.resume,
+        a.downlink, a.privacy, a.secure_aggregation, a.system,
     )  # fmt: skip
 
 
@@ -266,7 +271,7 @@ def _checked_setup(a: RunArgs) -> tuple[_rules.Setup, int]:
                               a.eval_every, a.seed, a.stragglers, a.straggler_policy)  # fmt: skip
     check_seeds(a.seeds)
     _rules.validate_components(a.compression, a.downlink, a.privacy, a.secure_aggregation,
-                               a.system, a.client_chunk)  # fmt: skip
+                               a.system, a.client_chunk, a.client_map)  # fmt: skip
     mode = a.algorithm.mode
     k = {"centralized": 1, "async": a.algorithm.hparams.get("buffer_size")}.get(
         mode, a.clients_per_round
@@ -305,7 +310,7 @@ def prepare(a: RunArgs) -> Run:
     mesh = _mesh_for(a, mode, width, len(runs), multi)
     secure = a.secure_aggregation is not None
     build_args = (a.model, a.data, k, mesh, _setup.stragglers_of(setup), a.downlink, dp_plan,
-                  a.system, wire.bytes, a.client_chunk, secure)  # fmt: skip
+                  a.system, wire.bytes, a.client_chunk, secure, a.client_map)  # fmt: skip
     round_fn = build_round(algorithm, *build_args)
     block = build_block(round_fn)
     state = initial_state(round_fn, algorithm, params, spec.x.shape[0], root)

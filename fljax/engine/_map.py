@@ -13,10 +13,14 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec
 
-from fljax._devices import client_sharding
+from fljax._devices import CLIENT_AXIS, client_sharding
 
 PyTree = Any
+
+
+CLIENT_MAPS = ("vmap", "device_vmap", "sequential")
 
 
 class ClientMap(NamedTuple):
@@ -26,10 +30,17 @@ class ClientMap(NamedTuple):
         chunk: clients per ``vmap``ped chunk (``lax.map`` over chunks), or ``None``: one
             ``vmap`` over the cohort.
         mesh: a ``clients`` mesh to split the cohort's inputs over, or ``None``.
+        strategy: ``"vmap"``: every client batched under one ``vmap`` (partitioned over the
+            mesh by XLA's SPMD partitioner); ``"device_vmap"``: each device ``vmap``s its own
+            group of clients under ``shard_map`` (manual partitioning: nothing is gathered
+            across devices); ``"sequential"``: each device runs its clients one after another
+            (``lax.map``), so convolutions stay ordinary convolutions instead of the grouped
+            ones ``vmap`` makes of per-client weights.
     """
 
     chunk: int | None = None
     mesh: jax.sharding.Mesh | None = None
+    strategy: str = "vmap"
 
     def shard(self, tree: PyTree) -> PyTree:
         """``tree``'s leading (client) axis split over the mesh (unchanged without one)."""
@@ -37,13 +48,23 @@ class ClientMap(NamedTuple):
             return tree
         return jax.lax.with_sharding_constraint(tree, client_sharding(self.mesh))
 
-    def __call__(self, fn: Callable, *per_client: PyTree) -> PyTree:
-        """``fn`` over the leading (client) axis of ``per_client``: one ``vmap``, or
-        ``lax.map`` over chunks of ``chunk`` clients (each chunk ``vmap``ped)."""
+    def _local(self, fn: Callable, per_client: tuple) -> PyTree:
+        """``fn`` over the leading axis on one device: ``vmap``, chunks, or one at a time."""
         k = jax.tree.leaves(per_client)[0].shape[0]
+        if self.strategy == "sequential":
+            return jax.lax.map(lambda a: fn(*a), per_client)
         if self.chunk is None or self.chunk >= k:
             return jax.vmap(fn)(*per_client)
         return jax.lax.map(lambda a: fn(*a), per_client, batch_size=self.chunk)
+
+    def __call__(self, fn: Callable, *per_client: PyTree) -> PyTree:
+        """``fn`` over the leading (client) axis of ``per_client`` by :attr:`strategy`."""
+        if self.mesh is None or self.strategy == "vmap":
+            return self._local(fn, per_client)
+        spec = PartitionSpec(CLIENT_AXIS)
+        grouped = jax.shard_map(lambda *a: self._local(fn, a), mesh=self.mesh,
+                                in_specs=spec, out_specs=spec, check_vma=False)  # fmt: skip
+        return grouped(*per_client)
 
     def streams(self, aggregator, k: int) -> bool:
         """Whether a cohort of ``k`` reduces chunk by chunk: an aggregator with partial sums

@@ -276,6 +276,7 @@ def build_round(
     wire_bytes: tuple[float, float] = (0.0, 0.0),
     client_chunk: int | None = None,
     secure: bool = False,
+    client_map: str = "vmap",
 ):
     """The pure round ``(state, round_key, train) -> (state, RoundMetrics)`` of ``algorithm``
     as the composition of its mode's stages (``round_fn.stages`` lists them).
@@ -283,12 +284,13 @@ def build_round(
     ``client_chunk``: the selected clients train ``client_chunk`` at a time; with a linear
     aggregator the chunks' weighted sums stream through a ``lax.scan`` carry. ``mesh``: the
     cohort's inputs and local training are split over its ``clients`` axis. ``secure``: the
-    aggregator is a secure sum (asynchronous training then reduces densely).
+    aggregator is a secure sum (asynchronous training then reduces densely). ``client_map``:
+    the :class:`ClientMap` strategy (``"vmap"``, ``"device_vmap"``, ``"sequential"``).
     """
     spec = train_spec(data, algorithm)
     plan, client_update = client_update_for(algorithm, model, data, spec, dp_plan)
     r = RoundSpec(algorithm, model, data, spec, plan, client_update, clients_per_round,
-                  ClientMap(client_chunk, mesh), stragglers, downlink, dp_plan, system,
+                  ClientMap(client_chunk, mesh, client_map), stragglers, downlink, dp_plan, system,
                   wire_bytes, secure)  # fmt: skip
     return compose(MODES[algorithm.mode](r))
 

@@ -39,9 +39,6 @@ class Setup(NamedTuple):
     privacy: Any
     secagg: Any
     system: Any
-    multi: bool
-    sweep: Any
-    checkpoint: bool  # checkpoint_dir or resume was given
 
     @property
     def mode(self) -> str:
@@ -237,7 +234,8 @@ def validate_arguments(algorithm, model, data, rounds, clients_per_round, eval_e
         )
 
 
-def validate_components(compression, downlink, privacy, secagg, system, client_chunk) -> None:
+def validate_components(compression, downlink, privacy, secagg, system, client_chunk,
+                        client_map="vmap") -> None:  # fmt: skip
     """Each optional component is of the kind its argument expects."""
     for name, value, kind in (("compression", compression, Compressor),
                               ("downlink", downlink, Compressor), ("privacy", privacy, Privacy),
@@ -249,3 +247,10 @@ def validate_components(compression, downlink, privacy, secagg, system, client_c
         isinstance(client_chunk, bool) or not isinstance(client_chunk, int) or client_chunk < 1
     ):
         raise ValueError(f"client_chunk must be a positive integer or None, got {client_chunk!r}")
+    from fljax.engine._map import CLIENT_MAPS
+
+    if client_map not in CLIENT_MAPS:
+        raise ValueError(f"client_map={client_map!r} is not one of {CLIENT_MAPS}")
+    if client_map == "sequential" and client_chunk is not None:
+        raise ValueError("client_chunk chunks a vmap; client_map='sequential' runs one client "
+                         "at a time already: leave client_chunk unset")  # fmt: skip

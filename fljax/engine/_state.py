@@ -66,9 +66,6 @@ class ClockState(NamedTuple):
     last: jax.Array
 
 
-SyncSystemState = ClockState  # the name used before the engine was split into stages
-
-
 class AsyncState(NamedTuple):
     """Asynchronous training in flight (FedAsync / FedBuff).
 
