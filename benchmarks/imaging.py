@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +31,9 @@ from fljax.client import make_client_update, plan_local_work
 from fljax.data import ClientData
 from fljax.engine import CLIENT_MAPS, build_block, build_round, init_state
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from throughput import best_time  # noqa: E402  (the same best-of-n timer)
+
 
 def make_federation(clients: int, per_client: int, seed: int = 0):
     """``clients`` sites of ``per_client`` 28x28x1 images, labels from a fixed random filter."""
@@ -37,15 +42,6 @@ def make_federation(clients: int, per_client: int, seed: int = 0):
     xs = [rng.normal(size=(per_client, 28, 28, 1)).astype(np.float32) for _ in range(clients)]
     ys = [(x.reshape(len(x), -1) @ w > 0).astype(np.int32) for x in xs]
     return fljax.data.from_client_arrays(xs, ys, xs, ys, num_classes=2, name="images")
-
-
-def best_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def strategy_round(k, fed, model, algo, strategy, repeats) -> tuple[float, float]:
