@@ -64,7 +64,7 @@ def test_imaging_reports_each_strategy_against_the_loop():
     spec = importlib.util.spec_from_file_location("imaging", ROOT / "benchmarks/imaging.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    out = module.measure(2, 1, 4, 1, ["vmap", "sequential"])
-    for s in ("vmap", "sequential"):
-        assert out[f"{s}_examples_per_s"] > 0 and out[f"{s}_over_loop"] > 0
+    out = module.measure(2, 1, 4, 1, ["sequential"])
+    assert out["sequential_examples_per_s"] > 0 and out["sequential_over_loop"] > 0
+    assert "vmap_examples_per_s" not in out  # only the strategies asked for
     assert out["loop_examples_per_s"] > 0 and out["central_examples_per_s"] > 0
