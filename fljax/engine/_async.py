@@ -91,16 +91,14 @@ def staleness_reduce(weighting: str, exponent: float, mixing: float | None) -> S
 def staleness_scale(exponent: float) -> Stage:
     r"""FedBuff's staleness weighting as a client-side scale, :math:`s(\tau) \Delta` with
     :math:`s(\tau) = (1 + \tau)^{-a} \le 1`, before a reduction that needs per-client rows
-    (client-level DP's clipped sum, secure aggregation); ``ctx.train_loss`` of the fresh."""
+    (client-level DP's clipped sum, secure aggregation)."""
 
     def apply(state, ctx: RoundCtx):
         scale = jnp.power(1.0 + ctx.staleness.astype(jnp.float32), -exponent)
         deltas = jax.tree.map(
             lambda d: d * scale.reshape((-1,) + (1,) * (d.ndim - 1)), ctx.deltas
         )
-        w = jnp.where(ctx.contributed, ctx.batch.num_examples.astype(jnp.float32), 0.0)
-        loss = example_weighted_loss(ctx.out.train_loss, w)
-        return state, ctx._replace(deltas=deltas, train_loss=loss)
+        return state, ctx._replace(deltas=deltas)
 
     return Stage("staleness_scale", apply)
 

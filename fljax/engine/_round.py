@@ -164,7 +164,7 @@ def _selection(r: RoundSpec) -> list[Stage]:
 
 def _training(r: RoundSpec) -> list[Stage]:
     algorithm, num_clients = r.algorithm, r.spec.x.shape[0]
-    width = _select_width(r)
+    width = _select.cohort_width(num_clients, r.k, r.dp_plan, r.system)
     if r.cmap.streams(algorithm.aggregator, width):
         return [_reduce.streamed_training(r.client_update, algorithm.client_transform,
                                           algorithm.aggregator, r.cmap)]  # fmt: skip
@@ -173,14 +173,6 @@ def _training(r: RoundSpec) -> list[Stage]:
         client_chain(algorithm.client_transform),
         _reduce.dense_reduce(algorithm.aggregator, num_clients),
     ]
-
-
-def _select_width(r: RoundSpec) -> int:
-    if r.dp_plan is not None and r.dp_plan.poisson_clients:
-        return r.dp_plan.cohort
-    if r.system is not None and r.system.selection == "poisson":
-        return _select.poisson_cap(r.spec.x.shape[0], r.k)
-    return r.k
 
 
 def synchronous(r: RoundSpec) -> list[Stage]:
@@ -247,7 +239,8 @@ def asynchronous(r: RoundSpec) -> list[Stage]:
     if r.secure or (r.dp_plan is not None and r.dp_plan.privacy.level == "client"):
         reduction = [_async.staleness_scale(hp["staleness_exponent"]),
                      _reduce.aggregation_weights(r.algorithm.weighting),
-                     _reduce.dense_reduce(r.algorithm.aggregator, num_clients)]  # fmt: skip
+                     _reduce.dense_reduce(r.algorithm.aggregator, num_clients),
+                     _server.report_loss()]  # fmt: skip
     return [round_keys(AsyncKeys), arrivals, _train.gather_data(),
             _train.gather_clients_inputs(r.cmap, with_state=False),
             _train.own_model_training(r.client_update, r.cmap),

@@ -30,6 +30,16 @@ def poisson_cap(num_clients: int, expected: int) -> int:
     return int(max(expected, binomial_cap(num_clients, num_clients, rate, lambda t: t <= 1e-9)))
 
 
+def cohort_width(num_clients: int, k: int, dp_plan, system) -> int:
+    """The ``vmap``ped cohort: ``K``, or a Poisson cohort's padded cap (client-level DP's,
+    or the system model's Poisson selection)."""
+    if dp_plan is not None and dp_plan.poisson_clients:
+        return dp_plan.cohort
+    if system is not None and system.selection == "poisson":
+        return poisson_cap(num_clients, k)
+    return k
+
+
 def select_poisson(
     key: jax.Array, num_clients: int, rate: float, cap: int
 ) -> tuple[jax.Array, jax.Array]:

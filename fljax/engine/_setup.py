@@ -16,7 +16,7 @@ from fljax.client import num_local_steps
 from fljax.engine._clock import Stragglers
 from fljax.engine._round import client_update_for, plan_local_work_for, train_spec
 from fljax.engine._rules import Setup, amplified_selection
-from fljax.engine._select import poisson_cap
+from fljax.engine._select import cohort_width as _cohort_width
 from fljax.models import num_params, param_bytes
 from fljax.privacy import message_bytes, secure_aggregator
 from fljax.privacy import plan as privacy_plan
@@ -89,12 +89,8 @@ def with_compression(algorithm, compression):
 
 
 def cohort_width(setup: Setup, dp_plan) -> int:
-    """The ``vmap``ped cohort: ``K``, or a Poisson cohort's padded cap."""
-    if dp_plan is not None and dp_plan.poisson_clients:
-        return dp_plan.cohort
-    if setup.system is not None and setup.system.selection == "poisson":
-        return poisson_cap(setup.data.num_clients, setup.clients_per_round)
-    return setup.clients_per_round
+    """The ``vmap``ped cohort of the run (:func:`fljax.engine._select.cohort_width`)."""
+    return _cohort_width(setup.data.num_clients, setup.clients_per_round, dp_plan, setup.system)
 
 
 def stragglers_of(setup: Setup) -> Stragglers | None:
