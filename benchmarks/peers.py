@@ -88,14 +88,17 @@ def _torch_train(model, x, y, steps, batch, seed):
         opt.step()
 
 
-def torch_round_seconds(xs, ys, steps, batch, repeats):
+def torch_round_seconds(xs, ys, steps, batch, repeats, make_model=None):
+    """Seconds per FedAvg round of a PyTorch per-client loop over all ``xs`` (best of
+    ``repeats``); ``make_model`` builds the torch model (default: the MLP)."""
     import torch
 
+    make_model = make_model or _torch_model
     torch.set_num_threads(os.cpu_count() or 1)
     xt = [torch.from_numpy(x) for x in xs]
     yt = [torch.from_numpy(y) for y in ys]
-    global_model = _torch_model()
-    local = _torch_model()
+    global_model = make_model()
+    local = make_model()
 
     def one_round():
         g_state = {k: v.clone() for k, v in global_model.state_dict().items()}
@@ -119,10 +122,13 @@ def torch_round_seconds(xs, ys, steps, batch, repeats):
     return min(times)
 
 
-def flower_round_seconds(xs, ys, steps, batch, rounds):
-    """Flower's simulation engine: a NumPyClient per site training the PyTorch model, FedAvg
-    over all clients every round; the median time between successive aggregations."""
+def flower_round_seconds(xs, ys, steps, batch, rounds, make_model=None):
+    """Flower's simulation engine: a NumPyClient per site training the PyTorch model
+    (``make_model``, default the MLP), FedAvg over all clients every round; the median time
+    between successive aggregations."""
     import torch
+
+    make_model = make_model or _torch_model
     from flwr.client import ClientApp, NumPyClient
     from flwr.server import ServerApp, ServerAppComponents, ServerConfig
     from flwr.server.strategy import FedAvg
@@ -133,7 +139,7 @@ def flower_round_seconds(xs, ys, steps, batch, rounds):
     class Site(NumPyClient):
         def __init__(self, cid):
             self.cid = cid
-            self.model = _torch_model()
+            self.model = make_model()
 
         def fit(self, parameters, config):
             keys = list(self.model.state_dict())

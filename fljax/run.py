@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import hydra
+import jax
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
@@ -23,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fljax._io import PROGRESS_FILE, SUMMARY_FILE, MetricsWriter, save_params, to_jsonable
 from fljax.metrics import HIGHER_IS_BETTER
+from fljax.models import load_weights
 from fljax.simulate import SimulationResult, auto_client_chunk, simulate
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -196,6 +198,7 @@ def _finished(cfg: DictConfig, data, res: SimulationResult, objective: str) -> d
         num_params=res.num_params,
         wall_s=res.wall_s,
         compile_s=res.compile_s,
+        client_map=res.client_map,
         rounds_per_s=int(cfg.rounds) / run_s if run_s > 0 else None,
         bytes_up=final["bytes_up"],
         bytes_down=final["bytes_down"],
@@ -234,7 +237,7 @@ def _many_runs_summary(cfg, data, run_dir, runs, results, summary, objective, se
     best = (max if higher else min)(settings, key=lambda d: d["mean"])
     summary.update(
         status="finished", seed=None, seeds=seeds, wall_s=results[0].wall_s,
-        compile_s=results[0].compile_s,
+        compile_s=results[0].compile_s, client_map=results[0].client_map,
         objective={"name": objective, "value": best["mean"], "std": best["std"],
                    "per_seed": best["per_seed"], "sweep": best["sweep"]},
     )  # fmt: skip
@@ -265,9 +268,19 @@ def _report(c: _Components, run_dir, results, summary, objective, seeds) -> None
     print(f"run folder: {run_dir}  (wall {r0.wall_s:.1f} s, compile {r0.compile_s:.1f} s)")
 
 
+def _initial_params(cfg: DictConfig, c: _Components):
+    """The weights file ``init_from`` loaded into the model (``init_exclude``: leaves that
+    keep the seed's initialisation, e.g. a new head), or ``None``: the seed's init."""
+    if cfg.get("init_from") is None:
+        return None
+    k_init = jax.random.split(jax.random.key(int(cfg.seed)))[0]
+    like = c.model.init(k_init, c.data.sample())
+    return load_weights(str(cfg.init_from), like, exclude=list(cfg.get("init_exclude") or []))
+
+
 def _simulate(cfg: DictConfig, c: _Components, seeds, sweep, state_dir, callbacks):
     return simulate(
-        c.algorithm, c.model, c.data, rounds=int(cfg.rounds),
+        c.algorithm, c.model, c.data, rounds=int(cfg.rounds), params=_initial_params(cfg, c),
         clients_per_round=int(cfg.clients_per_round), seed=int(cfg.seed),
         eval_every=int(cfg.eval_every), stragglers=float(cfg.get("stragglers", 0.0)),
         straggler_policy=str(cfg.get("straggler_policy", "drop")),

@@ -88,6 +88,9 @@ class SimulationResult:
         num_steps: ``[rounds, K]`` int32, local steps each selected client took.
         personal: the algorithm's Personal hooks (personalized algorithms), else ``None``.
         mode: the algorithm's training mode.
+        client_map: the client-mapping strategy the run used (``{"strategy": ...}``; with
+            ``client_map="auto"`` also ``"auto": True`` and ``"seconds_per_round"`` of each
+            strategy timed, or ``"from": "checkpoint"`` when a resumed run kept its choice).
     """
 
     params: PyTree
@@ -101,6 +104,7 @@ class SimulationResult:
     num_steps: np.ndarray
     personal: Any = None
     mode: str = "federated"
+    client_map: dict = dataclasses.field(default_factory=dict)
 
     @property
     def final_metrics(self) -> dict:
@@ -175,8 +179,9 @@ def simulate(
         seeds: one run per seed as ONE compiled program (a list of results).
         sweep: ``{"client_lr": [...]}``: float hyperparameters varied inside the program.
         client_chunk: train the cohort this many clients at a time (bounded memory).
-        client_map: ``"vmap"``, ``"device_vmap"`` or ``"sequential"``: how clients are mapped
-            (the same result; speed differs by model and device).
+        client_map: ``"vmap"``, ``"device_vmap"``, ``"sequential"`` or ``"auto"`` (the
+            fastest, timed on the run's first round): how clients are mapped (the same result
+            up to float rounding; speed differs by model and device).
 
     Returns:
         A :class:`SimulationResult` (a list of them with ``seeds`` or ``sweep``).

@@ -4,6 +4,7 @@ many_runs.py and chunk_memory.py are not run here: what they measure is tested d
 test_scale.py (vmapped seeds / sweeps equal separate runs; streaming leaves no delta stack).
 """
 
+import argparse
 import importlib.util
 import json
 import subprocess
@@ -64,7 +65,13 @@ def test_imaging_reports_each_strategy_against_the_loop():
     spec = importlib.util.spec_from_file_location("imaging", ROOT / "benchmarks/imaging.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    out = module.measure(2, 1, 4, 1, ["sequential"])
+    args = argparse.Namespace(local_steps=1, batch=4, repeats=1, strategies=["sequential"],
+                              fljax_only=False, xla_max_clients=0,
+                              skip=["torch_loop", "torch_central", "flower"])  # fmt: skip
+    out = module.measure("cnn", 2, args)
     assert out["sequential_examples_per_s"] > 0 and out["sequential_over_loop"] > 0
     assert "vmap_examples_per_s" not in out  # only the strategies asked for
-    assert out["loop_examples_per_s"] > 0 and out["central_examples_per_s"] > 0
+    assert out["auto_choice"] in ("vmap", "device_vmap", "sequential")
+    assert out["loop_examples_per_s"] == max(out["loop_dot_examples_per_s"],
+                                             out["loop_xla_examples_per_s"])  # fmt: skip
+    assert out["central_examples_per_s"] > 0 and out["missing"] == {}

@@ -392,3 +392,27 @@ def test_every_client_map_strategy_equals_vmap(strategy):
         _sim(_algo(), client_map="pmap")
     with pytest.raises(ValueError, match="leave client_chunk unset"):
         _sim(_algo(), client_map="sequential", client_chunk=2)
+
+
+def test_auto_client_map_times_the_candidates_and_keeps_its_choice_on_resume(tmp_path):
+    """auto times every applicable strategy on the run's first round, gives the result of the
+    strategy it picked (1e-6 of vmap), records the timings, and a resumed run keeps the
+    choice its checkpoint recorded instead of timing again."""
+    algo = _algo()
+    base = _sim(algo)
+    auto = _sim(algo, client_map="auto")
+    info = auto.client_map
+    assert info["auto"] and set(info["seconds_per_round"]) == {"vmap", "device_vmap",
+                                                               "sequential"}  # fmt: skip
+    assert info["strategy"] == min(info["seconds_per_round"], key=info["seconds_per_round"].get)
+    _close(base.params, auto.params, 1e-6)
+    assert base.client_map == {"strategy": "vmap"}
+    # one device: device_vmap is vmap; client_chunk: sequential is refused
+    one = _sim(algo, client_map="auto", devices=jax.devices()[:1], client_chunk=2)
+    assert one.client_map == {"strategy": "vmap", "auto": True, "seconds_per_round": {}}
+    ckpt = str(tmp_path / "ckpt")
+    first = _sim(algo, client_map="auto", checkpoint_dir=ckpt, rounds=2)
+    resumed = _sim(algo, client_map="auto", checkpoint_dir=ckpt, resume=True)
+    assert resumed.client_map == {"strategy": first.client_map["strategy"], "auto": True,
+                                  "from": "checkpoint"}  # fmt: skip
+    _close(base.params, resumed.params, 1e-6)

@@ -26,7 +26,7 @@ from fljax._io import load_state, save_state
 from fljax.algorithms import rebuild
 from fljax.client import evaluate_fn
 from fljax.data import ClientData
-from fljax.engine import _rules, _setup
+from fljax.engine import _auto, _rules, _setup
 from fljax.engine._history import Recorder, RunLog, component_records, stack_rounds
 from fljax.engine._round import build_block, build_round, init_state, initial_state, train_spec
 from fljax.engine._runs import check_seeds, check_sweep
@@ -134,8 +134,11 @@ class RunArgs:
         client_map: how clients are mapped (:class:`fljax.engine.ClientMap`): ``"vmap"``
             (all batched, the default), ``"device_vmap"`` (each device batches its own group
             under ``shard_map``) or ``"sequential"`` (each device runs its clients one after
-            another; convolutions stay ordinary instead of grouped). Every strategy gives the
-            same result up to float32 rounding.
+            another; convolutions stay ordinary instead of grouped) or ``"auto"`` (each
+            applicable strategy timed on one round of the run, the fastest kept; the choice
+            and timings in ``SimulationResult.client_map`` and saved with checkpoints, so a
+            resumed run keeps it). Every strategy gives the same result up to float32
+            rounding; name the strategy for bit-for-bit reruns.
     """
 
     algorithm: Any
@@ -188,14 +191,38 @@ class Run:
     state: Any
     k_rounds: Any
     train: Any
-    run_block: Any
+    block_for: Callable[[str], Any]
     recorder: Recorder
     logs: list
     width: int
     params0: Any
     mesh: Any
+    strategies: tuple[str, ...]
+    run_block: Any = None
+    client_map: dict = dataclasses.field(default_factory=dict)
+    compiled: dict = dataclasses.field(default_factory=dict)  # block length -> executable
     compile_s: float = 0.0
     t_start: float = 0.0
+
+    def choose_client_map(self, start: int, recorded: str | None = None) -> None:
+        """The run's block with its client-mapping strategy: the one asked for; with
+        ``"auto"``, the one a checkpoint recorded, else the fastest of :attr:`strategies`
+        timed on round ``start`` (:mod:`fljax.engine._auto`)."""
+        asked = self.args.client_map
+        if asked != _auto.AUTO:
+            self.client_map = {"strategy": asked}
+        elif recorded is not None:
+            self.client_map = {"strategy": recorded, "auto": True, "from": "checkpoint"}
+        else:
+            inputs = (self.state, self.k_rounds, jnp.asarray([start], jnp.int32), self.train)
+            best, seconds, comp, one_round = _auto.fastest(self.block_for, inputs,
+                                                           self.strategies)  # fmt: skip
+            self.compile_s += comp
+            if one_round is not None:  # the timed executable serves one-round blocks
+                self.compiled[1] = one_round
+            timings = {k: round(v, 6) for k, v in seconds.items()}
+            self.client_map = {"strategy": best, "auto": True, "seconds_per_round": timings}
+        self.run_block = self.block_for(self.client_map["strategy"])
 
 
 def _stacked_start(a, algorithm, round_fn, runs, params, given):
@@ -310,9 +337,8 @@ def prepare(a: RunArgs) -> Run:
     mesh = _mesh_for(a, mode, width, len(runs), multi)
     secure = a.secure_aggregation is not None
     build_args = (a.model, a.data, k, mesh, _setup.stragglers_of(setup), a.downlink, dp_plan,
-                  a.system, wire.bytes, a.client_chunk, secure, a.client_map)  # fmt: skip
-    round_fn = build_round(algorithm, *build_args)
-    block = build_block(round_fn)
+                  a.system, wire.bytes, a.client_chunk, secure)  # fmt: skip
+    round_fn = build_round(algorithm, *build_args, _auto.default(a.client_map))
     state = initial_state(round_fn, algorithm, params, spec.x.shape[0], root)
     k_rounds = jax.random.split(root)[1]
     train = ClientData(*(jnp.asarray(x) for x in spec))
@@ -326,10 +352,17 @@ def prepare(a: RunArgs) -> Run:
         state, k_rounds = _stacked_start(a, algorithm, round_fn, runs, params, a.params)
         if mesh is not None:
             state = jax.device_put(state, run_sharding(mesh))
-        spmd = None if mesh is None else RUN_AXIS
-        block = (_swept_block(a, setup, dp_plan, sweep_values, runs, build_args, spmd)
-                 if sweep_values else jax.vmap(block, in_axes=(0, 0, None, None),
-                                               spmd_axis_name=spmd))  # fmt: skip
+    spmd = None if mesh is None else RUN_AXIS
+
+    def block_for(strategy: str):
+        """The jitted block of rounds with clients mapped by ``strategy``."""
+        if multi and sweep_values:
+            return jax.jit(_swept_block(a, setup, dp_plan, sweep_values, runs,
+                                        (*build_args, strategy), spmd))  # fmt: skip
+        block = build_block(build_round(algorithm, *build_args, strategy))
+        return jax.jit(jax.vmap(block, in_axes=(0, 0, None, None), spmd_axis_name=spmd)
+                       if multi else block)  # fmt: skip
+
     recorder = Recorder(
         mode, wire, splits, eval_params, evaluate_global, splits[0][2],
         np.asarray(a.data.test.num_examples), multi, a.secure_aggregation, a.callbacks,
@@ -338,8 +371,9 @@ def prepare(a: RunArgs) -> Run:
     )  # fmt: skip
     logs = [RunLog(s_, a.data.num_clients, {kk: v[i] for kk, v in sweep_values.items()})
             for s_, i in runs]  # fmt: skip
-    return Run(a, algorithm, state, k_rounds, train, jax.jit(block), recorder, logs, width,
-               params, mesh, compile_s, t_start)  # fmt: skip
+    strategies = _auto.candidates(mode in SERIAL_MODES, mesh, a.client_chunk)
+    return Run(a, algorithm, state, k_rounds, train, block_for, recorder, logs, width, params,
+               mesh, strategies, compile_s=compile_s, t_start=t_start)  # fmt: skip
 
 
 def client_models(state: ServerState, personal=None) -> PyTree:
@@ -378,12 +412,11 @@ def _restore(run: Run, progress: dict) -> None:
 def _begin(run: Run, bar) -> int:
     """Records round 0, or restores the checkpoint when resuming; the round to start from."""
     a = run.args
-    if not a.resume:
-        return _record_start(run)
-    if a.checkpoint_dir is None:
+    if a.resume and a.checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir")
-    restored = load_state(a.checkpoint_dir, jax.device_get(run.state))
-    if restored is None:  # nothing saved yet: a fresh start
+    restored = load_state(a.checkpoint_dir, jax.device_get(run.state)) if a.resume else None
+    if restored is None:  # a fresh start (or nothing saved yet)
+        run.choose_client_map(0)
         return _record_start(run)
     host_state, progress = restored
     start = int(progress["round"])
@@ -395,6 +428,7 @@ def _begin(run: Run, bar) -> int:
         placement = run_sharding(run.mesh) if run.recorder.multi else replicated(run.mesh)
     run.state = (jax.device_put(host_state, placement) if placement is not None
                  else jax.tree.map(jnp.asarray, host_state))  # fmt: skip
+    run.choose_client_map(start, progress.get("client_map"))
     if bar is not None:
         bar.update(start)
     return start
@@ -407,15 +441,17 @@ def _checkpoint(run: Run, round_idx: int) -> None:
     progress = run.logs[0].progress(round_idx)
     if run.recorder.multi:
         progress = {"round": round_idx, "runs": [log.progress(round_idx) for log in run.logs]}
+    progress["client_map"] = run.client_map["strategy"]
     save_state(run.args.checkpoint_dir, jax.device_get(run.state), progress)
 
 
-def _block(run: Run, start: int, compiled: dict) -> int:
+def _block(run: Run, start: int) -> int:
     """Runs one block of rounds from ``start``; returns the round it ends at."""
     a = run.args
     end = min(start + a.eval_every, a.rounds)
     length = end - start
     round_ids = jnp.arange(start, end, dtype=jnp.int32)
+    compiled = run.compiled
     if length not in compiled:
         t0 = time.perf_counter()
         compiled[length] = run.run_block.lower(run.state, run.k_rounds, round_ids,
@@ -440,11 +476,10 @@ def execute(run: Run) -> list:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=a.rounds, unit="round", desc=f"{run.algorithm.name}/{a.data.name}")
-    compiled: dict[int, Any] = {}
     try:
         start = _begin(run, bar)
         while start < a.rounds:
-            end = _block(run, start, compiled)
+            end = _block(run, start)
             if bar is not None:
                 m = run.logs[-1].history[-1]["metrics"]
                 bar.set_postfix({k: f"{m[k]:.4f}" for k in ("test_loss", "test_accuracy")
@@ -468,6 +503,7 @@ def execute(run: Run) -> list:
             num_steps=stack_rounds(log.num_steps, run.width, np.int32),
             personal=run.algorithm.personal,
             mode=run.algorithm.mode,
+            client_map=run.client_map,
         )
         for i, log in enumerate(run.logs)
     ]

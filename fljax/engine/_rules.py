@@ -249,8 +249,8 @@ def validate_components(compression, downlink, privacy, secagg, system, client_c
         raise ValueError(f"client_chunk must be a positive integer or None, got {client_chunk!r}")
     from fljax.engine._map import CLIENT_MAPS
 
-    if client_map not in CLIENT_MAPS:
-        raise ValueError(f"client_map={client_map!r} is not one of {CLIENT_MAPS}")
+    if client_map not in (*CLIENT_MAPS, "auto"):
+        raise ValueError(f"client_map={client_map!r} is not one of {(*CLIENT_MAPS, 'auto')}")
     if client_map == "sequential" and client_chunk is not None:
         raise ValueError("client_chunk chunks a vmap; client_map='sequential' runs one client "
                          "at a time already: leave client_chunk unset")  # fmt: skip

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from fljax._base import lookup
+from fljax.models._layers import Conv, _check_impl, max_pool
 
 PyTree = Any
 
@@ -71,6 +72,24 @@ def from_linen_bn(module: nn.Module, name: str) -> Model:
     return Model(init, apply, name, apply_train)
 
 
+def from_linen_dropout(module: nn.Module, name: str) -> Model:
+    """Wraps a Flax linen module whose ``__call__(x, train)`` uses ``nn.Dropout``: ``apply``
+    with ``train=True`` drops with ``key`` (required), with ``train=False`` it is the
+    deterministic forward pass."""
+
+    def init(key, sample):
+        return module.init(key, jnp.asarray(sample), train=False)["params"]
+
+    def apply(params, x, *, train: bool = False, key=None):
+        if not train:
+            return module.apply({"params": params}, x, train=False)
+        if key is None:
+            raise ValueError(f"{name}: apply(train=True) needs a key for dropout")
+        return module.apply({"params": params}, x, train=True, rngs={"dropout": key})
+
+    return Model(init, apply, name)
+
+
 INITS = ("lecun", "torch")
 
 
@@ -115,14 +134,14 @@ class _CNN(nn.Module):
     num_classes: int
     features: Sequence[int]
     dense: int
+    conv: str = "dot"
 
     @nn.compact
     def __call__(self, x):
         if x.ndim == 3:  # [B, H, W] grey images
             x = x[..., None]
         for f in self.features:
-            x = nn.relu(nn.Conv(f, (3, 3))(x))
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            x = max_pool(nn.relu(Conv(f, impl=self.conv)(x)))
         x = x.reshape((x.shape[0], -1))
         x = nn.relu(nn.Dense(self.dense)(x))
         return nn.Dense(self.num_classes)(x)
@@ -150,16 +169,17 @@ class _CNNBN(nn.Module):
     features: Sequence[int]
     dense: int
     momentum: float = 0.9
+    conv: str = "dot"
 
     @nn.compact
     def __call__(self, x, train: bool = False, mask=None):
         if x.ndim == 3:
             x = x[..., None]
         for f in self.features:
-            x = nn.Conv(f, (3, 3))(x)
+            x = Conv(f, impl=self.conv)(x)
             m = None if mask is None else jnp.broadcast_to(mask[:, None, None, None], x.shape)
             x = nn.BatchNorm(use_running_average=not train, momentum=self.momentum)(x, mask=m)
-            x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
+            x = max_pool(nn.relu(x))
         x = x.reshape((x.shape[0], -1))
         x = nn.Dense(self.dense)(x)
         m = None if mask is None else mask[:, None]
@@ -215,11 +235,19 @@ def mlp(
     )
 
 
-def cnn(num_classes: int, features: Sequence[int] = (32, 64), dense: int = 128) -> Model:
-    """Small CNN: [3x3 conv, ReLU, 2x2 max-pool] per entry of ``features``, dense, output."""
-    return from_linen(
-        _CNN(_check_classes(num_classes), tuple(int(f) for f in features), int(dense)), "cnn"
-    )
+def cnn(
+    num_classes: int, features: Sequence[int] = (32, 64), dense: int = 128, conv: str = "dot"
+) -> Model:
+    """Small CNN: [3x3 conv, ReLU, 2x2 max-pool] per entry of ``features``, dense, output.
+
+    ``conv``: ``"dot"`` (patches times kernel, fast under ``vmap`` and in loops) or ``"xla"``
+    (``lax.conv_general_dilated``); same parameters, same values up to float rounding
+    (:mod:`fljax.models._layers`)."""
+    module = _CNN(
+        _check_classes(num_classes), tuple(int(f) for f in features), int(dense),
+        _check_impl(conv),
+    )  # fmt: skip
+    return from_linen(module, "cnn")
 
 
 def _check_momentum(momentum):
@@ -244,15 +272,72 @@ def mlp_bn(
 
 
 def cnn_bn(
-    num_classes: int, features: Sequence[int] = (32, 64), dense: int = 128, momentum: float = 0.9
+    num_classes: int,
+    features: Sequence[int] = (32, 64),
+    dense: int = 128,
+    momentum: float = 0.9,
+    conv: str = "dot",
 ) -> Model:
     """:func:`cnn` with batch norm after every convolution and the hidden dense layer (the
     FedBN paper's image models put BN after each conv / fc layer)."""
     module = _CNNBN(
         _check_classes(num_classes), tuple(int(f) for f in features), int(dense),
-        _check_momentum(momentum),
+        _check_momentum(momentum), _check_impl(conv),
     )  # fmt: skip
     return from_linen_bn(module, "cnn_bn")
+
+
+def resnet(
+    num_classes: int,
+    depth: int = 8,
+    width: int | None = None,
+    norm_groups: int = 8,
+    conv: str = "dot",
+    stem: str = "small",
+) -> Model:
+    """ResNet (He et al. 2016) of basic blocks with group norm (Wu & He 2018) instead of batch
+    norm. ``depth`` 8, 14, 20, 32: the CIFAR ResNets (6n + 2 layers, 3 stages of n blocks,
+    widths ``width`` x 1, 2, 4, default 16); 18, 34: the ImageNet ones (4 stages, default width
+    64). ``stem``: ``"small"`` (one 3x3 convolution, for images up to ~64 px) or ``"large"``
+    (7x7 stride 2 and a max-pool). ``norm_groups`` must divide every layer's width."""
+    from fljax.models._vision import resnet_module
+
+    module = resnet_module(_check_classes(num_classes), int(depth), width, norm_groups,
+                           _check_impl(conv), stem)  # fmt: skip
+    return from_linen(module, f"resnet{int(depth)}")
+
+
+def resnet8(
+    num_classes: int, width: int = 16, norm_groups: int = 8, conv: str = "dot"
+) -> Model:
+    """:func:`resnet` with ``depth=8`` (3 stages of one block; 78 k parameters at width 16)."""
+    return resnet(num_classes, 8, width, norm_groups, conv, "small")
+
+
+def resnet18(
+    num_classes: int, width: int = 64, norm_groups: int = 8, conv: str = "dot", stem: str = "small"
+) -> Model:
+    """:func:`resnet` with ``depth=18`` (4 stages of two blocks; 11 M parameters at width 64)."""
+    return resnet(num_classes, 18, width, norm_groups, conv, stem)
+
+
+def efficientnet_b0(
+    num_classes: int,
+    norm_groups: int = 8,
+    conv: str = "dot",
+    dropout: float = 0.2,
+    drop_path: float = 0.2,
+) -> Model:
+    """EfficientNet-B0 (Tan & Le 2019, Table 1; 5.3 M parameters at 1000 classes) with group
+    norm: the architecture of FLamby's Fed-ISIC2019 recipe, trained from scratch here or
+    started from converted weights (:func:`fljax.models.load_weights`). ``dropout`` before the
+    classifier and ``drop_path`` (stochastic depth, growing linearly to this rate over the
+    blocks) act when ``apply(train=True, key=...)``."""
+    from fljax.models._vision import efficientnet_module
+
+    module = efficientnet_module(_check_classes(num_classes), norm_groups, _check_impl(conv),
+                                 dropout, drop_path)  # fmt: skip
+    return from_linen_dropout(module, "efficientnet_b0")
 
 
 _REGISTRY: dict[str, Callable[..., Model]] = {
@@ -261,6 +346,10 @@ _REGISTRY: dict[str, Callable[..., Model]] = {
     "cnn": cnn,
     "mlp_bn": mlp_bn,
     "cnn_bn": cnn_bn,
+    "resnet": resnet,
+    "resnet8": resnet8,
+    "resnet18": resnet18,
+    "efficientnet_b0": efficientnet_b0,
 }
 
 
