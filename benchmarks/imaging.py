@@ -8,15 +8,17 @@ Measured in one process, each as examples per second (best of ``--repeats`` afte
   <strategy>     fljax's compiled round with ``client_map=<strategy>`` (vmap, device_vmap,
                  sequential), convolutions ``conv="dot"`` (the default), clients split over
                  the host devices;
-  auto           the strategy ``client_map="auto"`` picks (its own one-round timing; its
-                 compile time includes every candidate's);
+  auto           the strategy ``client_map="auto"`` picks, at that strategy's measured
+                 speed (``auto_timed``: auto's own one-round timing; ``auto_compile_s``
+                 includes every candidate's compilation);
   vmap_xla       vmap with ``conv="xla"`` (``lax.conv``: grouped convolutions under vmap);
                  only up to ``--xla-max-clients`` clients (it is very slow);
   loop_<conv>    one jitted SGD step called per client and per step from Python, then the
                  weighted average (JAX's own per-client loop), with each convolution;
   central_<conv> one model, the same number of steps on the K clients' batches concatenated;
-  torch_loop, torch_central, flower   the same in PyTorch (CPU threads = cores) and Flower's
-                 simulation engine, when the ``bench`` extra is installed (else "missing").
+  torch_loop, torch_central, flower   the same in PyTorch (on the GPU when there is one, else
+                 CPU threads = cores) and Flower's simulation engine (PyTorch clients on the
+                 CPU), when the ``bench`` extra is installed (else "missing").
 ``loop`` and ``central`` are the faster of their two convolutions. ``--also-devices 1``
 reruns the fljax strategies in a child process with that many host devices
 (``<s>_over_<s>_<n>dev``). The last line is one JSON object with ``<this>_over_<that>`` ratios.
@@ -193,18 +195,21 @@ def torch_model(workload: str):
 def torch_central_round(make_model, x, y, steps, b, k, repeats) -> float:
     """PyTorch: ``steps`` SGD steps of one model on the ``k`` clients' batches concatenated."""
     import torch
+    from peers import torch_device, torch_sync
 
-    model, loss_fn = make_model(), torch.nn.functional.cross_entropy
+    dev = torch_device()
+    model, loss_fn = make_model().to(dev), torch.nn.functional.cross_entropy
     opt = torch.optim.SGD(model.parameters(), lr=LR)
     batches = [(torch.from_numpy(np.ascontiguousarray(x[:k, s * b:(s + 1) * b]).reshape(
-        k * b, *x.shape[2:])), torch.from_numpy(y[:k, s * b:(s + 1) * b].reshape(k * b)))
-        for s in range(steps)]  # fmt: skip
+        k * b, *x.shape[2:])).to(dev), torch.from_numpy(y[:k, s * b:(s + 1) * b].reshape(
+            k * b)).to(dev)) for s in range(steps)]  # fmt: skip
 
     def train():
         for xb, yb in batches:
             opt.zero_grad()
             loss_fn(model(xb), yb).backward()
             opt.step()
+        torch_sync(dev)
 
     train()
     times = []
@@ -249,9 +254,10 @@ def measure(workload: str, k: int, args) -> dict:
     for s in args.strategies:
         seconds[s], out[f"{s}_compile_s"] = strategy_round(k, fed, model, steps, b, s, repeats)
     if not args.fljax_only:
-        out["auto_choice"], seconds["auto"], out["auto_compile_s"] = auto_round(
-            k, fed, model, steps, b
-        )
+        out["auto_choice"], auto_s, out["auto_compile_s"] = auto_round(k, fed, model, steps, b)
+        out["auto_timed_examples_per_s"] = round(examples / auto_s)  # auto's own timing
+        # auto runs the strategy it chose: its speed is that strategy's, measured as above
+        seconds["auto"] = seconds.get(out["auto_choice"], auto_s)
         if k <= args.xla_max_clients:
             seconds["vmap_xla"], out["vmap_xla_compile_s"] = strategy_round(
                 k, fed, make_model("xla"), steps, b, "vmap", repeats

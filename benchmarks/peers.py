@@ -79,7 +79,7 @@ def _torch_train(model, x, y, steps, batch, seed):
     opt = torch.optim.SGD(model.parameters(), lr=LR)
     g = torch.Generator().manual_seed(seed)
     n = x.shape[0]
-    order = torch.randperm(n, generator=g)
+    order = torch.randperm(n, generator=g).to(x.device)
     for t in range(steps):
         idx = order[(t * batch) % n : (t * batch) % n + batch]
         opt.zero_grad()
@@ -88,17 +88,37 @@ def _torch_train(model, x, y, steps, batch, seed):
         opt.step()
 
 
+def torch_device():
+    """PyTorch's device for the peer rows: the GPU when there is one (so a GPU benchmark
+    compares like with like), else the CPU with one thread per core."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    torch.set_num_threads(os.cpu_count() or 1)
+    return torch.device("cpu")
+
+
+def torch_sync(device) -> None:
+    """Waits for the device's queued work (CUDA is asynchronous) before a clock is read."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def torch_round_seconds(xs, ys, steps, batch, repeats, make_model=None):
     """Seconds per FedAvg round of a PyTorch per-client loop over all ``xs`` (best of
-    ``repeats``); ``make_model`` builds the torch model (default: the MLP)."""
+    ``repeats``) on :func:`torch_device`; ``make_model`` builds the torch model (default: the
+    MLP)."""
     import torch
 
     make_model = make_model or _torch_model
-    torch.set_num_threads(os.cpu_count() or 1)
-    xt = [torch.from_numpy(x) for x in xs]
-    yt = [torch.from_numpy(y) for y in ys]
-    global_model = make_model()
-    local = make_model()
+    dev = torch_device()
+    xt = [torch.from_numpy(x).to(dev) for x in xs]
+    yt = [torch.from_numpy(y).to(dev) for y in ys]
+    global_model = make_model().to(dev)
+    local = make_model().to(dev)
 
     def one_round():
         g_state = {k: v.clone() for k, v in global_model.state_dict().items()}
@@ -112,6 +132,7 @@ def torch_round_seconds(xs, ys, steps, batch, repeats, make_model=None):
                 acc[k] += n * v
             total += n
         global_model.load_state_dict({k: v / total for k, v in acc.items()})
+        torch_sync(dev)
 
     one_round()
     times = []

@@ -227,3 +227,21 @@ def test_cli_sweep_of_learning_rates_reports_the_best_setting(tmp_path):
     for lr in ("0.001", "0.1"):
         one = json.loads((tmp_path / f"seed_0_client_lr_{lr}" / "summary.json").read_text())
         assert one["hparams"]["client_lr"] == float(lr)
+
+
+def test_cli_init_from_a_run_folder_or_weights_file_and_auto_client_map(tmp_path):
+    """init_from warm-starts from a finished run's saved params (round 0 of the new run
+    scores exactly the old run's final model) or a weights file, refused with the leaf named
+    when it does not fit; client_map=auto records its choice in summary.json."""
+    first = run(_compose([*FAST, "model=logistic"]), tmp_path / "a")
+    warm = run(_compose([*FAST, "model=logistic", f"init_from={tmp_path / 'a'}",
+                         "client_map=auto"]), tmp_path / "b")  # fmt: skip
+    assert warm.history[0]["metrics"] == first.history[-1]["metrics"]
+    summary = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert summary["client_map"]["auto"] and summary["client_map"]["strategy"] in (
+        "vmap", "device_vmap", "sequential")  # fmt: skip
+    params = jax.tree.map(np.asarray, first.params)
+    params["Dense_0"]["kernel"] = params["Dense_0"]["kernel"][:-1]
+    bad = fljax.models.save_weights(tmp_path / "bad.npz", params)
+    with pytest.raises(ValueError, match="Dense_0/kernel has shape"):
+        run(_compose([*FAST, "model=logistic", f"init_from={bad}"]), tmp_path / "c")

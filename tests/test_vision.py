@@ -73,7 +73,10 @@ def test_model_arguments_are_checked():
         fljax.models.get("efficientnet_b0", num_classes=2, drop_path=1.0)
 
 
-def test_efficientnet_dropout_acts_only_in_training_with_a_key():
+def test_efficientnet_dropout_and_weights_file(tmp_path):
+    """Dropout and stochastic depth act only in training and need a key; EfficientNet-B0's
+    weights go through a file the test writes (pretrained ones cannot be downloaded here) and
+    come back into a fresh model with a new 3-class head kept."""
     model = fljax.models.get("efficientnet_b0", num_classes=3, dropout=0.5, drop_path=0.5,
                              conv="xla")  # the dropout under test does not depend on conv
     x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 32, 32, 3)), jnp.float32)
@@ -89,6 +92,13 @@ def test_efficientnet_dropout_acts_only_in_training_with_a_key():
     assert not np.allclose(a, b) and not np.allclose(a, plain)
     with pytest.raises(ValueError, match="needs a key"):
         jax.eval_shape(lambda p: model.apply(p, x, train=True), p)
+    path = save_weights(tmp_path / "b0.npz", p)
+    fresh = jax.jit(model.init)(jax.random.key(5), x)
+    loaded = load_weights(path, fresh, exclude=["Dense_0"])  # the classifier head
+    assert fljax.models.leaf_names(loaded) == fljax.models.leaf_names(p)
+    for name, a, b, c in zip(fljax.models.leaf_names(p), jax.tree.leaves(loaded),
+                             jax.tree.leaves(p), jax.tree.leaves(fresh), strict=True):  # fmt: skip
+        np.testing.assert_array_equal(a, c if name.startswith("Dense_0/") else b)
 
 
 def _tiny_images(clients=4, n=12, seed=0):

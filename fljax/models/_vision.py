@@ -53,7 +53,7 @@ class _ResNet(nn.Module):
     def __call__(self, x):
         if x.ndim == 3:
             x = x[..., None]
-        if self.stem == "large":  # ImageNet stem: 7x7 stride 2, then 3x3 max-pool stride 2
+        if self.stem == "large":  # 7x7 stride 2, then a 2x2 max-pool (torchvision: 3x3, pad 1)
             x = Conv(self.width, (7, 7), 2, use_bias=False, impl=self.conv)(x)
             x = max_pool(nn.relu(_norm(self.groups, self.width)(x)))
         else:  # CIFAR stem: one 3x3 convolution at full resolution
