@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from fljax._base import lookup
 from fljax.models._layers import Conv, _check_impl, max_pool
+from fljax.models._vision import RESNET_STAGES, _EfficientNet, _ResNet
 
 PyTree = Any
 
@@ -300,10 +301,14 @@ def resnet(
     widths ``width`` x 1, 2, 4, default 16); 18, 34: the ImageNet ones (4 stages, default width
     64). ``stem``: ``"small"`` (one 3x3 convolution, for images up to ~64 px) or ``"large"``
     (7x7 stride 2 and a max-pool). ``norm_groups`` must divide every layer's width."""
-    from fljax.models._vision import resnet_module
-
-    module = resnet_module(_check_classes(num_classes), int(depth), width, norm_groups,
-                           _check_impl(conv), stem)  # fmt: skip
+    if depth not in RESNET_STAGES:
+        raise ValueError(f"depth={depth!r} is not one of {sorted(RESNET_STAGES)}")
+    if stem not in ("small", "large"):
+        raise ValueError(f"stem={stem!r} is not one of ('small', 'large')")
+    stages = RESNET_STAGES[depth]
+    width = int(width) if width is not None else (16 if len(stages) == 3 else 64)
+    module = _ResNet(_check_classes(num_classes), stages, width, int(norm_groups),
+                     _check_impl(conv), stem)  # fmt: skip
     return from_linen(module, f"resnet{int(depth)}")
 
 
@@ -333,10 +338,11 @@ def efficientnet_b0(
     started from converted weights (:func:`fljax.models.load_weights`). ``dropout`` before the
     classifier and ``drop_path`` (stochastic depth, growing linearly to this rate over the
     blocks) act when ``apply(train=True, key=...)``."""
-    from fljax.models._vision import efficientnet_module
-
-    module = efficientnet_module(_check_classes(num_classes), norm_groups, _check_impl(conv),
-                                 dropout, drop_path)  # fmt: skip
+    for name, rate in (("dropout", dropout), ("drop_path", drop_path)):
+        if not 0 <= rate < 1:
+            raise ValueError(f"{name} must be in [0, 1), got {rate!r}")
+    module = _EfficientNet(_check_classes(num_classes), int(norm_groups), _check_impl(conv),
+                           float(dropout), float(drop_path))  # fmt: skip
     return from_linen_dropout(module, "efficientnet_b0")
 
 

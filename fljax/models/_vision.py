@@ -70,24 +70,6 @@ RESNET_STAGES = {8: (1, 1, 1), 14: (2, 2, 2), 20: (3, 3, 3), 32: (5, 5, 5), 18: 
                  34: (3, 4, 6, 3)}  # fmt: skip
 
 
-def resnet_module(
-    num_classes: int,
-    depth: int = 8,
-    width: int | None = None,
-    norm_groups: int = 8,
-    conv: str = "dot",
-    stem: str = "small",
-) -> nn.Module:
-    """The linen module of :func:`fljax.models.resnet` (arguments checked there)."""
-    if depth not in RESNET_STAGES:
-        raise ValueError(f"depth={depth!r} is not one of {sorted(RESNET_STAGES)}")
-    if stem not in ("small", "large"):
-        raise ValueError(f"stem={stem!r} is not one of ('small', 'large')")
-    stages = RESNET_STAGES[depth]
-    width = int(width) if width is not None else (16 if len(stages) == 3 else 64)
-    return _ResNet(num_classes, stages, width, int(norm_groups), conv, stem)
-
-
 # EfficientNet-B0 (Tan & Le 2019, Table 1): (expansion, kernel, stride, channels, repeats).
 EFFICIENTNET_B0 = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
                    (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))  # fmt: skip
@@ -151,18 +133,3 @@ class _EfficientNet(nn.Module):
                                                    impl=self.conv)(x)))  # fmt: skip
         x = nn.Dropout(self.dropout, deterministic=not train)(x.mean(axis=(1, 2)))
         return nn.Dense(self.num_classes)(x)
-
-
-def efficientnet_module(
-    num_classes: int,
-    norm_groups: int = 8,
-    conv: str = "dot",
-    dropout: float = 0.2,
-    drop_path: float = 0.2,
-) -> nn.Module:
-    """The linen module of :func:`fljax.models.efficientnet_b0` (arguments checked there)."""
-    for name, rate in (("dropout", dropout), ("drop_path", drop_path)):
-        if not 0 <= rate < 1:
-            raise ValueError(f"{name} must be in [0, 1), got {rate!r}")
-    return _EfficientNet(num_classes, int(norm_groups), conv, float(dropout), float(drop_path))
-
