@@ -212,12 +212,7 @@ def torch_central_round(make_model, x, y, steps, b, k, repeats) -> float:
         torch_sync(dev)
 
     train()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        train()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    return best_time(train, repeats)  # train() waits for the device itself
 
 
 def peers(workload, fed, k, steps, b, repeats, skip) -> tuple[dict, dict]:
