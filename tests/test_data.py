@@ -169,3 +169,24 @@ def test_synthetic_iid_shares_feature_distribution():
 
     assert spread_of_client_means(iid) < 0.1  # v_k = B_k 1 = 0 for beta = 0
     assert spread_of_client_means(noniid) > 0.3
+
+
+def test_labels_the_task_would_change_are_refused_naming_the_client():
+    """Probabilities, negative or out-of-range classes, non-finite targets, negative survival
+    times and events other than 0/1 are refused instead of being cast (issue: silent input
+    conversion); integer-valued float labels are accepted as they are."""
+    x = [np.zeros((3, 2), np.float32)] * 2
+    ok = fljax.data.from_client_arrays(x, [np.array([0.0, 1.0, 1.0])] * 2, x,
+                                       [np.array([1, 0, 0])] * 2)  # fmt: skip
+    np.testing.assert_array_equal(ok.train.y[0, :3], [0, 1, 1])
+    cases = [
+        ({}, [np.array([0.0, 1.0, 0.0]), np.array([0.2, 0.9, 0.5])], "train client 1.*0.2"),
+        ({}, [np.array([0, 1, -1])] * 2, "class indices.*-1"),
+        ({"num_classes": 2}, [np.array([0, 1, 2])] * 2, r"0\.\.1, got 2"),
+        ({"task": "regression"}, [np.array([0.0, np.nan, 1.0])] * 2, "finite"),
+        ({"task": "survival"}, [np.array([[1.0, 1], [-2.0, 0], [3.0, 1]])] * 2, ">= 0"),
+        ({"task": "survival"}, [np.array([[1.0, 2], [2.0, 0], [3.0, 1]])] * 2, "events 0 or 1"),
+    ]
+    for kw, ys, match in cases:
+        with pytest.raises(ValueError, match=match):
+            fljax.data.from_client_arrays(x, ys, x, ys, **kw)

@@ -186,6 +186,39 @@ def standardize_clients(
     return out_train, out_test
 
 
+def _check_labels(ys: Sequence[np.ndarray], split: str, task: str,
+                  num_classes: int | None) -> None:  # fmt: skip
+    """Refuses labels that the task's dtype would silently change: non-integer or negative
+    class labels (probabilities or soft labels would be truncated), classes outside
+    ``num_classes``, non-finite targets, negative survival times or events other than 0/1.
+    The message names the split, the client and the value."""
+    for c, y in enumerate(ys):
+        y = np.asarray(y)
+        where = f"{split} client {c}"
+        if y.size and not np.issubdtype(y.dtype, np.number) and y.dtype != bool:
+            raise ValueError(f"{where}: labels must be numbers, got dtype {y.dtype}")
+        if not y.size:
+            continue
+        if task != "classification" and not np.isfinite(y).all():
+            raise ValueError(f"{where}: targets must be finite, got {y[~np.isfinite(y)][0].item()}")
+        if task == "classification":
+            bad = ~np.isfinite(y) | (y != np.round(y)) | (y < 0)
+            if num_classes is not None:
+                bad |= y >= num_classes
+            if bad.any():
+                allowed = "0, 1, ..." if num_classes is None else f"0..{int(num_classes) - 1}"
+                first = y[bad].ravel()[0].item()
+                raise ValueError(f"{where}: classification labels must be class indices "
+                                 f"{allowed}, got {first!r} (hard labels, e.g. the argmax of "
+                                 "probabilities)")  # fmt: skip
+        if task == "survival":
+            if y.ndim != 2 or y.shape[1] != 2:
+                raise ValueError(f"{where}: survival targets must be [N, 2] (time, event), "
+                                 f"got shape {y.shape}")  # fmt: skip
+            if (y[:, 0] < 0).any() or not np.isin(y[:, 1], (0, 1)).all():
+                raise ValueError(f"{where}: survival times must be >= 0 and events 0 or 1")
+
+
 def from_client_arrays(
     train_xs: Sequence[np.ndarray],
     train_ys: Sequence[np.ndarray],
@@ -205,6 +238,8 @@ def from_client_arrays(
         raise ValueError(
             "train_xs, train_ys, test_xs, test_ys must be non-empty, equal-length lists"
         )
+    for split, ys in (("train", train_ys), ("test", test_ys)):
+        _check_labels(ys, split, task, num_classes)
     y_dtype = np.int32 if task == "classification" else np.float32
     if num_classes is None:
         num_classes = (
