@@ -26,9 +26,14 @@ def _name(path) -> str:
     return "/".join(parts)
 
 
+def _named(tree: PyTree) -> dict[str, Any]:
+    """``{leaf name: leaf}`` of ``tree``, in its flattening order."""
+    return {_name(p): v for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
 def leaf_names(params: PyTree) -> list[str]:
     """The names :func:`save_weights` gives the leaves of ``params`` (``"Conv_0/kernel"``)."""
-    return [_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    return list(_named(params))
 
 
 def save_weights(path: str | os.PathLike, params: PyTree, *, overwrite: bool = False) -> Path:
@@ -39,8 +44,7 @@ def save_weights(path: str | os.PathLike, params: PyTree, *, overwrite: bool = F
         raise ValueError(f"path must end in .npz, got {str(path)!r}")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-    arrays = {_name(p): np.asarray(jax.device_get(v)) for p, v in leaves}
+    arrays = {n: np.asarray(jax.device_get(v)) for n, v in _named(params).items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(tmp, **arrays)
@@ -61,8 +65,7 @@ def _read(path: Path) -> dict[str, np.ndarray]:
         run = path if (path / CHECKPOINT_DIR).exists() else path.parent
         if not (run / CHECKPOINT_DIR).exists():
             raise FileNotFoundError(f"{path} is neither a run folder nor an orbax checkpoint")
-        tree = load_params(run)
-        return {_name(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+        return {n: np.asarray(v) for n, v in _named(load_params(run)).items()}
     if not path.exists():
         raise FileNotFoundError(f"no weights file at {path}")
     with np.load(path, allow_pickle=False) as f:
@@ -81,13 +84,12 @@ def load_weights(path: str | os.PathLike, like: PyTree, *, exclude: Sequence[str
     """
     path = Path(path)
     saved = _read(path)
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
-    names = [_name(p) for p, _ in leaves]
+    names = _named(like)
     wanted = {n for n in names if not _excluded(n, exclude)}
     problems = [f"missing {n}" for n in names if n in wanted and n not in saved]
     problems += [f"unexpected {n}" for n in saved if n not in names and not _excluded(n, exclude)]
     out = []
-    for n, (_, ref) in zip(names, leaves, strict=True):
+    for n, ref in names.items():
         if n not in wanted:
             out.append(ref)
             continue
@@ -101,4 +103,4 @@ def load_weights(path: str | os.PathLike, like: PyTree, *, exclude: Sequence[str
         out.append(a.astype(np.dtype(ref.dtype)))
     if problems:
         raise ValueError(f"{path} does not fit the model: " + "; ".join(problems))
-    return jax.tree_util.tree_unflatten(treedef, [jax.numpy.asarray(v) for v in out])
+    return jax.tree.unflatten(jax.tree.structure(like), [jax.numpy.asarray(v) for v in out])
