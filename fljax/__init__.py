@@ -2,6 +2,7 @@
 
 from fljax import aggregate as aggregate
 from fljax import algorithms as algorithms
+from fljax import attacks as attacks
 from fljax import client as client
 from fljax import compress as compress
 from fljax import data as data
@@ -38,6 +39,7 @@ __all__ = [
     "aggregate",
     "auto_client_chunk",
     "algorithms",
+    "attacks",
     "chain",
     "client",
     "compress",

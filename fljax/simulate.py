@@ -148,6 +148,9 @@ def simulate(
     sweep: dict[str, Sequence[float]] | None = None,
     client_chunk: int | None = None,
     client_map: str = "vmap",
+    aggregator: Any | None = None,
+    attack: Any | None = None,
+    reject_norm: float | None = None,
 ) -> SimulationResult | list[SimulationResult]:
     r"""Runs ``rounds`` rounds of ``algorithm`` on ``data`` and evaluates every ``eval_every``.
 
@@ -182,13 +185,20 @@ def simulate(
         client_map: ``"vmap"``, ``"device_vmap"``, ``"sequential"`` or ``"auto"`` (the
             fastest, timed on the run's first round): how clients are mapped (the same result
             up to float rounding; speed differs by model and device).
+        aggregator: a robust :class:`fljax.aggregate.Aggregator` (``fljax.aggregate.get``)
+            replacing the weighted mean; selection rules record whom they kept (``robust``).
+        attack: a :class:`fljax.attacks.Attack` (``fljax.attacks.get``): malicious clients
+            poisoning their data and / or their updates; entries carry ``attack``.
+        reject_norm: a non-finite update is always dropped from its round's aggregate and
+            counted (``history[...]["rejected"]``); updates longer than this are dropped too.
 
     Returns:
         A :class:`SimulationResult` (a list of them with ``seeds`` or ``sweep``).
 
     Raises:
         ValueError: bad arguments or combinations (``fljax.engine.RULES``), before compiling.
-        NonFiniteUpdateError: a round's aggregated update is NaN/inf; the message names the
+        NonFiniteUpdateError: a round's aggregated update is NaN/inf (a single client's
+            non-finite update is rejected instead, see ``reject_norm``); the message names the
             round, and the history entries already passed to ``callbacks`` stay valid.
     """
     args = RunArgs(**{k: v for k, v in locals().items()})

@@ -28,6 +28,8 @@ AVAILABILITY_FOLD = 7  # fold_in(round key, 7): which clients are reachable this
 ASYNC_CHAIN_FOLD = 11  # fold_in(round key, 11): the client chain of an asynchronous step
 ASYNC_AGGREGATE_FOLD = 13  # fold_in(round key, 13): the reduction (DP noise, SecAgg masks)
 ASYNC_DOWNLINK_FOLD = 17  # fold_in(round key, 17): the downlink compressor
+ATTACK_FOLD = 101  # fold_in(aggregation key, 101): the malicious clients' crafted updates
+ROOT_FOLD = 103  # fold_in(aggregation key, 103): FLTrust's server update on its root data
 
 
 class SyncKeys(NamedTuple):
@@ -97,6 +99,9 @@ class RoundCtx(NamedTuple):
         secagg, staleness: per-round statistics of the reduction and of async training.
         arrivals: asynchronous training's ``(slots, start versions, arrival time)`` of the
             updates this server step consumes.
+        rejected: ``[K]`` bool, updates dropped by fault isolation (non-finite or too long).
+        kept: ``[K]`` bool, the clients a selection-based robust aggregator kept.
+        server_update: FLTrust's update on the server's root dataset.
     """
 
     key: jax.Array
@@ -122,6 +127,9 @@ class RoundCtx(NamedTuple):
     secagg: Any = ()
     staleness: Any = ()
     arrivals: Any = None
+    rejected: Any = ()
+    kept: Any = ()
+    server_update: Any = None
 
     def metrics(self) -> RoundMetrics:
         ones = jax.numpy.ones(self.ids.shape, bool)
@@ -134,6 +142,8 @@ class RoundCtx(NamedTuple):
             sampled=self.valid if self.padded else ones,
             secagg=self.secagg,
             staleness=self.staleness,
+            rejected=self.rejected,
+            kept=self.kept,
         )
 
 

@@ -32,6 +32,7 @@ class RunLog:
     num_steps: list = dataclasses.field(default_factory=list)
     participation: np.ndarray = None
     totals: dict = None
+    block: dict = dataclasses.field(default_factory=dict)  # this block's per-round records
 
     def __post_init__(self):
         self.participation = np.zeros(self.num_clients, np.int64)
@@ -39,6 +40,7 @@ class RunLog:
             "up": 0, "down": 0, "async_updates": 0, "async_discarded": 0,
             "async_staleness": 0, "async_staleness_max": 0,
             "secagg": dict.fromkeys(SECAGG_COUNTERS, 0),
+            "rejected": [0] * self.num_clients, "kept": [0] * self.num_clients,
         }  # fmt: skip
 
     def progress(self, round_idx: int) -> dict:
@@ -67,6 +69,11 @@ class RunLog:
 def json_list(values: np.ndarray) -> list:
     """Per-client values for JSON: undefined (NaN) entries become ``None``."""
     return [float(v) if np.isfinite(v) else None for v in values]
+
+
+def _ids_where(ids: np.ndarray, flags: np.ndarray) -> list:
+    """Per round of a block, the client ids whose flag is set."""
+    return [[int(c) for c in i[f]] for i, f in zip(ids.reshape(flags.shape), flags, strict=True)]
 
 
 def stack_rounds(blocks: list, k: int, dtype) -> np.ndarray:
@@ -153,6 +160,21 @@ class Recorder:
             )
         ids = np.asarray(metrics.client_ids)
         took_part = np.asarray(metrics.contributed)
+        sent = took_part  # whose message reached the server
+        log.block = {}
+        if not isinstance(metrics.rejected, tuple):  # fault isolation (synchronous rounds)
+            rejected = np.asarray(metrics.rejected, bool).reshape(ids.shape)
+            sent = took_part | rejected
+            per_client = np.asarray(log.totals["rejected"], np.int64)
+            np.add.at(per_client, ids[rejected], 1)
+            log.totals["rejected"] = per_client.tolist()
+            log.block["rejected"] = _ids_where(ids, rejected)
+        if not isinstance(metrics.kept, tuple):  # a selection-based robust aggregator
+            kept = np.asarray(metrics.kept, bool).reshape(ids.shape)
+            per_client = np.asarray(log.totals["kept"], np.int64)
+            np.add.at(per_client, ids[kept], 1)
+            log.totals["kept"] = per_client.tolist()
+            log.block["kept"] = _ids_where(ids, kept)
         log.selected.append(ids)
         log.contributed.append(took_part)
         log.num_steps.append(np.asarray(metrics.num_steps))
@@ -160,7 +182,7 @@ class Recorder:
         if self.mode != "centralized":
             np.add.at(log.participation, ids[took_part], 1)
         if self.secagg is None:
-            totals["up"] += int(took_part.sum()) * wire.up
+            totals["up"] += int(sent.sum()) * wire.up
         else:  # every selected client keys and shares; survivors send the masked vector
             st = metrics.secagg
             for name in totals["secagg"]:
@@ -180,6 +202,64 @@ class Recorder:
             totals["async_staleness_max"] = max(
                 totals["async_staleness_max"], int(tau.max(initial=0))
             )
+
+
+def robust_records(aggregator, attack, malicious, clean, model, mode) -> list:
+    """The hooks recording fault isolation (``rejected``: clients dropped in each round of the
+    block and per-client totals), the robust aggregator (``robust``: the clients a selection
+    rule kept) and the attack (``attack``: its malicious clients; a backdoor's success rate in
+    ``metrics["backdoor_success"]``)."""
+    extras = []
+    if mode == "federated":
+
+        def rejected_record(e, st, log, r):
+            per_client = log.totals["rejected"]
+            e["rejected"] = {"total": int(sum(per_client)), "per_client": list(per_client),
+                             "rounds": log.block.get("rejected", [])}  # fmt: skip
+
+        extras.append(rejected_record)
+    bad = None if malicious is None else set(np.flatnonzero(malicious).tolist())
+    if aggregator is not None:
+
+        def robust_record(e, st, log, r):
+            rec = {"aggregator": aggregator.name, **aggregator.hparams}
+            if aggregator.selects:
+                rec["kept"] = log.block.get("kept", [])
+                rec["kept_per_client"] = list(log.totals["kept"])
+                if bad is not None:
+                    rec["kept_malicious"] = int(sum(log.totals["kept"][i] for i in bad))
+            e["robust"] = rec
+
+        extras.append(robust_record)
+    if attack is not None:
+        asr = None
+        if attack.trigger is not None:
+            asr = backdoor_scorer(attack, clean, model)
+
+        def attack_record(e, st, log, r):
+            e["attack"] = {"name": attack.name, "malicious": sorted(bad), **attack.hparams}
+            if asr is not None:
+                e["metrics"]["backdoor_success"] = float(jax.device_get(asr(st.params)))
+
+        extras.append(attack_record)
+    return extras
+
+
+def backdoor_scorer(attack, clean, model):
+    """``params -> ()``: the fraction of triggered test inputs whose label is not the target
+    that the model classifies as the target (the backdoor's attack success rate)."""
+    import jax.numpy as jnp
+
+    x, y, n = (np.asarray(a) for a in clean.test)
+    real = (np.arange(x.shape[1])[None, :] < n[:, None]) & (y != attack.target)
+    xs = jnp.asarray(attack.trigger(x[real], clean))
+
+    @jax.jit
+    def score(params):
+        pred = jnp.argmax(model.apply(params, xs), axis=-1)
+        return jnp.mean((pred == attack.target).astype(jnp.float32))
+
+    return score
 
 
 def adaptive_clip_norm(aggregator_state):

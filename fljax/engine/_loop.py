@@ -24,10 +24,18 @@ from fljax._devices import (
 )
 from fljax._io import load_state, save_state
 from fljax.algorithms import rebuild
+from fljax.attacks import malicious_clients
 from fljax.client import evaluate_fn
 from fljax.data import ClientData
 from fljax.engine import _auto, _rules, _setup
-from fljax.engine._history import Recorder, RunLog, component_records, stack_rounds
+from fljax.engine._history import (
+    Recorder,
+    RunLog,
+    component_records,
+    robust_records,
+    stack_rounds,
+)
+from fljax.engine._robust import RobustPlan, root_client, sample_root
 from fljax.engine._round import build_block, build_round, init_state, initial_state, train_spec
 from fljax.engine._runs import check_seeds, check_sweep
 from fljax.engine._state import ServerState
@@ -139,6 +147,20 @@ class RunArgs:
             and timings in ``SimulationResult.client_map`` and saved with checkpoints, so a
             resumed run keeps it). Every strategy gives the same result up to float32
             rounding; name the strategy for bit-for-bit reruns.
+        aggregator: a robust :class:`fljax.aggregate.Aggregator` (``fljax.aggregate.get``:
+            median, trimmed mean, Krum, Multi-Krum, Bulyan, geometric median, centered
+            clipping, norm bounding, FLTrust; ``bucket_size=`` for bucketing) replacing the
+            algorithm's weighted mean (mode ``federated``; algorithms that aggregate with the
+            weighted mean). Selection rules record the clients they kept in
+            ``history[...]["robust"]``.
+        attack: a :class:`fljax.attacks.Attack` (``fljax.attacks.get``): its malicious clients
+            (fixed for the run) poison their training data before the run and / or send
+            crafted updates inside the compiled round; history entries carry ``attack`` and,
+            for a backdoor, ``metrics["backdoor_success"]``.
+        reject_norm: per-client fault isolation always drops a non-finite update from the
+            round's aggregate (counted in ``history[...]["rejected"]``) instead of stopping
+            the run; with ``reject_norm`` updates longer than it are dropped too.
+            ``NonFiniteUpdateError`` remains for a non-finite aggregate.
     """
 
     algorithm: Any
@@ -166,12 +188,15 @@ class RunArgs:
     sweep: dict | None = None
     client_chunk: int | None = None
     client_map: str = "vmap"
+    aggregator: Any | None = None
+    attack: Any | None = None
+    reject_norm: float | None = None
 
 
 def _setup_of(a: RunArgs, clients_per_round: int) -> _rules.Setup:
     return _rules.Setup(
         a.algorithm, a.data, clients_per_round, a.stragglers, a.straggler_policy, a.compression,
-        a.downlink, a.privacy, a.secure_aggregation, a.system,
+        a.downlink, a.privacy, a.secure_aggregation, a.system, a.aggregator, a.attack,
     )  # fmt: skip
 
 
@@ -238,14 +263,15 @@ def _stacked_start(a, algorithm, round_fn, runs, params, given):
     return state, jnp.stack([k for _, k in starts])
 
 
-def _swept_block(a, setup, dp_plan, sweep_values, runs, build_args, spmd_axis_name=None):
+def _swept_block(a, setup, dp_plan, sweep_values, runs, build_args, spmd_axis_name=None,
+                 robust=None):  # fmt: skip
     """The block ``vmap``ped over runs whose algorithm is rebuilt inside the trace from each
     run's swept values (``fljax.algorithms.rebuild``), with the run's components wired in."""
     hp = {k: jnp.asarray([v[i] for _, i in runs], jnp.float32) for k, v in sweep_values.items()}
 
     def block_for(values, st, key, ids, tr):
         algo = _setup.wire_components(rebuild(a.algorithm, **values), setup, dp_plan)
-        return build_block(build_round(algo, *build_args))(st, key, ids, tr)
+        return build_block(build_round(algo, *build_args, robust=robust))(st, key, ids, tr)
 
     swept = jax.vmap(block_for, in_axes=(0, 0, 0, None, None), spmd_axis_name=spmd_axis_name)
     return functools.partial(swept, hp)
@@ -298,7 +324,8 @@ def _checked_setup(a: RunArgs) -> tuple[_rules.Setup, int]:
                               a.eval_every, a.seed, a.stragglers, a.straggler_policy)  # fmt: skip
     check_seeds(a.seeds)
     _rules.validate_components(a.compression, a.downlink, a.privacy, a.secure_aggregation,
-                               a.system, a.client_chunk, a.client_map)  # fmt: skip
+                               a.system, a.client_chunk, a.client_map, a.aggregator, a.attack,
+                               a.reject_norm)  # fmt: skip
     mode = a.algorithm.mode
     k = {"centralized": 1, "async": a.algorithm.hparams.get("buffer_size")}.get(
         mode, a.clients_per_round
@@ -323,6 +350,8 @@ def prepare(a: RunArgs) -> Run:
     t_start = time.perf_counter()
     setup, k = _checked_setup(a)
     runs, sweep_values = _runs_of(a)
+    clean = a.data
+    a, malicious = _poisoned(a)
     multi, mode = a.seeds is not None or bool(sweep_values), a.algorithm.mode
     algorithm, dp_plan = _wire_algorithm(a, setup)
     width = _setup.cohort_width(setup, dp_plan)
@@ -338,7 +367,8 @@ def prepare(a: RunArgs) -> Run:
     secure = a.secure_aggregation is not None
     build_args = (a.model, a.data, k, mesh, _setup.stragglers_of(setup), a.downlink, dp_plan,
                   a.system, wire.bytes, a.client_chunk, secure)  # fmt: skip
-    round_fn = build_round(algorithm, *build_args, _auto.default(a.client_map))
+    robust = _robust_plan(a, clean, malicious, spec, runs[0][0])
+    round_fn = build_round(algorithm, *build_args, _auto.default(a.client_map), robust=robust)
     state = initial_state(round_fn, algorithm, params, spec.x.shape[0], root)
     k_rounds = jax.random.split(root)[1]
     train = ClientData(*(jnp.asarray(x) for x in spec))
@@ -358,8 +388,8 @@ def prepare(a: RunArgs) -> Run:
         """The jitted block of rounds with clients mapped by ``strategy``."""
         if multi and sweep_values:
             return jax.jit(_swept_block(a, setup, dp_plan, sweep_values, runs,
-                                        (*build_args, strategy), spmd))  # fmt: skip
-        block = build_block(build_round(algorithm, *build_args, strategy))
+                                        (*build_args, strategy), spmd, robust))  # fmt: skip
+        block = build_block(build_round(algorithm, *build_args, strategy, robust=robust))
         return jax.jit(jax.vmap(block, in_axes=(0, 0, None, None), spmd_axis_name=spmd)
                        if multi else block)  # fmt: skip
 
@@ -367,13 +397,39 @@ def prepare(a: RunArgs) -> Run:
         mode, wire, splits, eval_params, evaluate_global, splits[0][2],
         np.asarray(a.data.test.num_examples), multi, a.secure_aggregation, a.callbacks,
         component_records(a.compression, wire, params, a.system, mode, a.secure_aggregation,
-                          width, dp_plan),
+                          width, dp_plan)
+        + robust_records(a.aggregator, a.attack, malicious, clean, a.model, mode),
     )  # fmt: skip
     logs = [RunLog(s_, a.data.num_clients, {kk: v[i] for kk, v in sweep_values.items()})
             for s_, i in runs]  # fmt: skip
     strategies = _auto.candidates(mode in SERIAL_MODES, mesh, a.client_chunk)
     return Run(a, algorithm, state, k_rounds, train, block_for, recorder, logs, width, params,
                mesh, strategies, compile_s=compile_s, t_start=t_start)  # fmt: skip
+
+
+def _poisoned(a: RunArgs):
+    """``a`` with the attack's data poisoning applied to the training split, and the
+    malicious clients ``[C]`` (``None`` without an attack)."""
+    if a.attack is None:
+        return a, None
+    malicious = malicious_clients(a.attack, a.data.num_clients)
+    if a.attack.poison is not None:
+        rng = np.random.default_rng(a.attack.seed)
+        a = dataclasses.replace(a, data=a.attack.poison(a.data, malicious, rng))
+    return a, malicious
+
+
+def _robust_plan(a: RunArgs, clean, malicious, spec, seed: int) -> RobustPlan:
+    """The static :class:`RobustPlan`: crafted updates, the rejection cap, FLTrust's root."""
+    root = None
+    agg = a.aggregator
+    if agg is not None and (agg.root is not None or agg.root_size is not None):
+        pair = agg.root
+        if pair is None:  # drawn from the clean pooled training data
+            pair = sample_root(clean.train, agg.root_size, np.random.default_rng(seed))
+        root = root_client(pair, spec)
+    craft = None if a.attack is None else a.attack.craft
+    return RobustPlan(malicious, craft, a.reject_norm, root)
 
 
 def client_models(state: ServerState, personal=None) -> PyTree:

@@ -80,12 +80,14 @@ class ClientMap(NamedTuple):
         chain_keys: jax.Array,
         weights: jax.Array,
         linear,
+        accept: Callable | None = None,
     ):
         """Local training, the client chain and a linear aggregator's partial sums
-        (:class:`fljax.Linear`), chunk by chunk in a ``lax.scan`` carry.
+        (:class:`fljax.Linear`), chunk by chunk in a ``lax.scan`` carry; ``accept``
+        (``messages[c] -> ok[c]``): the rejected messages are zeroed and weighted 0.
 
-        Returns ``(summed rows, outputs without deltas [K], chain states [K])``. The last
-        chunk is padded with weight-0 copies of the last client (which add nothing).
+        Returns ``(summed rows, outputs without deltas [K], chain states [K], ok[K])``. The
+        last chunk is padded with weight-0 copies of the last client (which add nothing).
         """
         k, c = weights.shape[0], self.chunk
         m = -(-k // c)
@@ -101,14 +103,20 @@ class ClientMap(NamedTuple):
         def chunk(args, ts, tk, w):
             out = jax.vmap(train_client)(*args)
             deltas, ts = jax.vmap(transform)(out.delta, ts, tk)
-            return linear.chunk_sum(deltas, w, out.num_steps), out._replace(delta=()), ts
+            ok = jnp.ones(w.shape, bool)
+            if accept is not None:
+                from fljax.engine._robust import zero_rejected
+
+                ok = accept(deltas)
+                deltas, w = zero_rejected(deltas, ok), jnp.where(ok, w, 0.0)
+            return linear.chunk_sum(deltas, w, out.num_steps), out._replace(delta=()), ts, ok
 
         def body(acc, xs_i):
-            sums, out, ts = chunk(*xs_i)
-            return jax.tree.map(jnp.add, acc, sums), (out, ts)
+            sums, out, ts, ok = chunk(*xs_i)
+            return jax.tree.map(jnp.add, acc, sums), (out, ts, ok)
 
         first = jax.tree.map(lambda a: a[0], xs)
         acc0 = jax.tree.map(jnp.zeros_like, jax.eval_shape(lambda a: chunk(*a)[0], first))
-        total, (out, ts) = jax.lax.scan(body, acc0, xs)
+        total, (out, ts, ok) = jax.lax.scan(body, acc0, xs)
         unchunk = lambda a: a.reshape(m * c, *a.shape[2:])[:k]  # noqa: E731
-        return total, jax.tree.map(unchunk, out), jax.tree.map(unchunk, ts)
+        return total, jax.tree.map(unchunk, out), jax.tree.map(unchunk, ts), unchunk(ok)

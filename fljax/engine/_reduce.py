@@ -7,6 +7,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from fljax._base import Transform
+from fljax.aggregate._robust import RobustState
 from fljax.engine._client_chain import chain_fn, chain_inputs
 from fljax.engine._context import RoundCtx, Stage
 from fljax.engine._map import ClientMap
@@ -26,9 +27,11 @@ def aggregation_weights(weighting: str) -> Stage:
 
 
 def dense_reduce(aggregator: Transform, num_clients: int) -> Stage:
-    """``ctx.aggregate`` from the ``[K, ...]`` messages; the aggregator state persists."""
+    """``ctx.aggregate`` from the ``[K, ...]`` messages; the aggregator state persists (a
+    robust aggregator's ``kept[K]`` goes to ``ctx.kept``, not into the carry)."""
 
     def apply(state, ctx: RoundCtx):
+        extra = {} if ctx.server_update is None else {"server_update": ctx.server_update}
         aggregate, agg_state = aggregator.update(
             ctx.deltas,
             state.aggregator_state,
@@ -39,28 +42,37 @@ def dense_reduce(aggregator: Transform, num_clients: int) -> Stage:
             num_clients=num_clients,
             client_ids=ctx.ids,
             active=ctx.valid if ctx.padded else None,
+            **extra,
         )
+        kept = ()
+        if isinstance(agg_state, RobustState):
+            kept, agg_state = agg_state.kept, agg_state._replace(kept=())
         state = state._replace(aggregator_state=agg_state)
-        return state, ctx._replace(aggregate=aggregate, secagg=getattr(agg_state, "stats", ()))
+        return state, ctx._replace(aggregate=aggregate, secagg=getattr(agg_state, "stats", ()),
+                                   kept=kept)  # fmt: skip
 
     return Stage("reduce", apply)
 
 
 def streamed_training(client_update, transform: Transform, aggregator: Transform,
-                      cmap: ClientMap) -> Stage:  # fmt: skip
+                      cmap: ClientMap, accept=None) -> Stage:  # fmt: skip
     """Local training, the client chain and a linear aggregator's partial sums fused chunk by
-    chunk (no ``[K, ...]`` stack of messages); replaces local training, the client chain and
+    chunk (no ``[K, ...]`` stack of messages); replaces local training, the client chain, fault
+    isolation (``accept``: ``messages[c] -> ok[c]``, the rejected zeroed and weighted 0) and
     the dense reduction when :meth:`ClientMap.streams`."""
     make = trainer(client_update)
     linear = aggregator.linear
 
     def apply(state, ctx: RoundCtx):
         t_states, t_keys = chain_inputs(state, ctx)
-        total, out, t_states = cmap.stream(
+        total, out, t_states, ok = cmap.stream(
             make(state, ctx), chain_fn(transform, state), client_inputs(ctx), t_states, t_keys,
-            ctx.weights, linear,
+            ctx.weights, linear, accept,
         )  # fmt: skip
         aggregate = linear.finish(total, state.params)
-        return state, ctx._replace(out=out, transform_states=t_states, aggregate=aggregate)
+        ctx = ctx._replace(out=out, transform_states=t_states, aggregate=aggregate)
+        if accept is not None:
+            ctx = ctx._replace(rejected=ctx.contributed & ~ok, contributed=ctx.contributed & ok)
+        return state, ctx
 
     return Stage("streamed_training", apply)

@@ -3,7 +3,8 @@
 Synchronous (``federated``; ``centralized`` is the same list over one pooled client)::
 
     keys -> broadcast -> select -> gather data -> work budget -> [deadline and clock]
-         -> gather client inputs -> weights -> local training -> client chain -> reduce
+         -> gather client inputs -> weights -> local training -> [poison] -> client chain
+         -> reject faulty -> [FLTrust root update] -> reduce
          (or the three fused and streamed in chunks) -> server optimizer
          -> [algorithm finalize] -> [downlink] -> scatter clients -> report loss
          -> [advance clock] -> next round
@@ -27,7 +28,7 @@ import numpy as np
 from fljax.algorithms import Algorithm
 from fljax.client import batch_loss_fn, make_client_update, plan_local_work
 from fljax.data import ClientData, FederatedData
-from fljax.engine import _async, _clock, _modes, _reduce, _select, _server, _train
+from fljax.engine import _async, _clock, _modes, _reduce, _robust, _select, _server, _train
 from fljax.engine._client_chain import client_chain
 from fljax.engine._context import (
     CYCLE_ORDER_FOLD,
@@ -143,6 +144,7 @@ class RoundSpec(NamedTuple):
     system: Any
     wire_bytes: tuple
     secure: bool = False  # the aggregator is a secure sum
+    robust: _robust.RobustPlan = _robust.RobustPlan()  # attack, fault isolation, FLTrust root
 
 
 def _selection(r: RoundSpec) -> list[Stage]:
@@ -163,16 +165,22 @@ def _selection(r: RoundSpec) -> list[Stage]:
 
 
 def _training(r: RoundSpec) -> list[Stage]:
-    algorithm, num_clients = r.algorithm, r.spec.x.shape[0]
+    """Local training, [model poisoning], the client chain, fault isolation, [FLTrust's root
+    update] and the reduction; fused and streamed in chunks when the aggregator is linear,
+    ``client_chunk`` is below the cohort and no attacker needs the whole cohort."""
+    algorithm, num_clients, rb = r.algorithm, r.spec.x.shape[0], r.robust
     width = _select.cohort_width(num_clients, r.k, r.dp_plan, r.system)
-    if r.cmap.streams(algorithm.aggregator, width):
+    if rb.craft is None and r.cmap.streams(algorithm.aggregator, width):
         return [_reduce.streamed_training(r.client_update, algorithm.client_transform,
-                                          algorithm.aggregator, r.cmap)]  # fmt: skip
-    return [
-        _train.local_training(r.client_update, r.cmap),
-        client_chain(algorithm.client_transform),
-        _reduce.dense_reduce(algorithm.aggregator, num_clients),
-    ]
+                                          algorithm.aggregator, r.cmap,
+                                          _robust.acceptable(rb.reject_norm))]  # fmt: skip
+    stages = [_train.local_training(r.client_update, r.cmap)]
+    if rb.craft is not None:
+        stages.append(_robust.poison_updates(rb.craft, rb.malicious))
+    stages += [client_chain(algorithm.client_transform), _robust.reject_updates(rb.reject_norm)]
+    if rb.root is not None:
+        stages.append(_robust.root_update(r.client_update, rb.root))
+    return [*stages, _reduce.dense_reduce(algorithm.aggregator, num_clients)]
 
 
 def synchronous(r: RoundSpec) -> list[Stage]:
@@ -270,6 +278,7 @@ def build_round(
     client_chunk: int | None = None,
     secure: bool = False,
     client_map: str = "vmap",
+    robust: _robust.RobustPlan | None = None,
 ):
     """The pure round ``(state, round_key, train) -> (state, RoundMetrics)`` of ``algorithm``
     as the composition of its mode's stages (``round_fn.stages`` lists them).
@@ -279,12 +288,14 @@ def build_round(
     cohort's inputs and local training are split over its ``clients`` axis. ``secure``: the
     aggregator is a secure sum (asynchronous training then reduces densely). ``client_map``:
     the :class:`ClientMap` strategy (``"vmap"``, ``"device_vmap"``, ``"sequential"``).
+    ``robust``: the malicious clients' crafted updates, the fault-isolation norm cap and
+    FLTrust's root dataset (:class:`fljax.engine._robust.RobustPlan`).
     """
     spec = train_spec(data, algorithm)
     plan, client_update = client_update_for(algorithm, model, data, spec, dp_plan)
     r = RoundSpec(algorithm, model, data, spec, plan, client_update, clients_per_round,
                   ClientMap(client_chunk, mesh, client_map), stragglers, downlink, dp_plan, system,
-                  wire_bytes, secure)  # fmt: skip
+                  wire_bytes, secure, robust or _robust.RobustPlan())  # fmt: skip
     return compose(MODES[algorithm.mode](r))
 
 

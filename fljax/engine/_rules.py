@@ -39,6 +39,8 @@ class Setup(NamedTuple):
     privacy: Any
     secagg: Any
     system: Any
+    aggregator: Any = None  # a fljax.aggregate.Aggregator replacing the weighted mean
+    attack: Any = None  # a fljax.attacks.Attack
 
     @property
     def mode(self) -> str:
@@ -64,6 +66,21 @@ def _name(s: Setup) -> str:
 
 def _selection(s: Setup) -> str:
     return "uniform" if s.system is None else s.system.selection
+
+
+def _robust(s: Setup) -> bool:
+    """A robust aggregator (not the plain weighted mean) replaces the algorithm's."""
+    return s.aggregator is not None and s.aggregator.name != "mean"
+
+
+def _agg(s: Setup) -> str:
+    return s.aggregator.name
+
+
+def _weighted_mean(s: Setup) -> bool:
+    from fljax.aggregate._mean import WEIGHTED_MEAN_SUMS
+
+    return s.algorithm.aggregator.linear is WEIGHTED_MEAN_SUMS
 
 
 RULES: tuple[Rule, ...] = (
@@ -155,6 +172,42 @@ RULES: tuple[Rule, ...] = (
     Rule("secure_aggregation", lambda s: s.secagg is not None and s.compression is not None,
          lambda s: not s.compression.hparams.get("error_feedback"),
          lambda s: "error feedback is not needed with selective sharing; set it off"),
+    # --- robust aggregation and attacks
+    Rule("aggregator", lambda s: s.aggregator is not None, lambda s: s.mode == "federated",
+         lambda s: f"aggregator={_agg(s)!r} reduces a synchronous cohort of updates (mode "
+                   f"'federated'), not {_name(s)!r} in mode {s.mode!r}"),
+    Rule("aggregator", lambda s: s.aggregator is not None, _weighted_mean,
+         lambda s: f"aggregator={_agg(s)!r} replaces the weighted mean, but {_name(s)!r} "
+                   "aggregates with its own rule (FedNova's normalised averaging, FedDyn's "
+                   "server state), which would be silently dropped"),
+    Rule("aggregator", _robust, lambda s: s.secagg is None,
+         lambda s: f"aggregator={_agg(s)!r} needs the individual updates, but secure "
+                   "aggregation shows the server only their sum; robust rules and SecAgg do "
+                   "not compose (use norm bounding at the clients, or drop secure_aggregation)"),
+    Rule("aggregator", _robust, lambda s: s.level != "client",
+         lambda s: f"aggregator={_agg(s)!r} with client-level DP: the Gaussian noise is "
+                   "calibrated to the clipped SUM (one client moves it by at most clip_norm); "
+                   f"{_agg(s)!r} can move by more than clip_norm / m when one client changes "
+                   "(a median or a Krum choice jumps), so its noise would be uncalibrated. "
+                   "Client-level DP already bounds every update's norm (norm bounding); local "
+                   "DP (local_dp) and record-level DP (dp_sgd) compose with every aggregator"),
+    Rule("aggregator", lambda s: s.aggregator is not None and s.mode == "federated",
+         lambda s: s.aggregator.min_cohort(s.clients_per_round) is None,
+         lambda s: s.aggregator.min_cohort(s.clients_per_round)),
+    Rule("aggregator", lambda s: s.aggregator is not None and "fltrust" in _agg(s),
+         lambda s: not (s.algorithm.client_state_init or s.algorithm.personal
+                        or s.algorithm.client_finalize),
+         lambda s: f"aggregator='fltrust' trains the server on its root dataset like a client; "
+                   f"{_name(s)!r} keeps per-client state (control variates, personal layers) "
+                   "the server does not have"),
+    Rule("attack", lambda s: s.attack is not None, lambda s: s.mode == "federated",
+         lambda s: f"attack={s.attack.name!r} needs clients that send updates to a "
+                   f"synchronous round (mode 'federated'), not {_name(s)!r} in mode "
+                   f"{s.mode!r}"),
+    Rule("attack", lambda s: s.attack is not None and s.attack.poison is not None,
+         lambda s: s.data.task == "classification",
+         lambda s: f"attack={s.attack.name!r} poisons labels (flips them or sets a backdoor "
+                   f"target) and needs task='classification', not {s.data.task!r}"),
     # --- system heterogeneity and asynchrony
     Rule("mode='async'", lambda s: s.mode == "async", lambda s: s.system is not None,
          lambda s: f"{_name(s)!r} is asynchronous: give system= (fljax.system.system("
@@ -235,8 +288,23 @@ def validate_arguments(algorithm, model, data, rounds, clients_per_round, eval_e
 
 
 def validate_components(compression, downlink, privacy, secagg, system, client_chunk,
-                        client_map="vmap") -> None:  # fmt: skip
+                        client_map="vmap", aggregator=None, attack=None,
+                        reject_norm=None) -> None:  # fmt: skip
     """Each optional component is of the kind its argument expects."""
+    from fljax.aggregate import Aggregator
+    from fljax.attacks import Attack
+
+    for name, value, kind, where in (("aggregator", aggregator, Aggregator, "aggregate"),
+                                     ("attack", attack, Attack, "attacks")):  # fmt: skip
+        if value is not None and not isinstance(value, kind):
+            raise ValueError(f"{name} must be a fljax {kind.__name__} (fljax.{where}.get(...)), "
+                             f"got {value!r}")  # fmt: skip
+    if reject_norm is not None and (
+        isinstance(reject_norm, bool) or not isinstance(reject_norm, int | float)
+        or not 0 < reject_norm < float("inf")
+    ):
+        raise ValueError(f"reject_norm must be a positive finite number or None, got "
+                         f"{reject_norm!r}")  # fmt: skip
     for name, value, kind in (("compression", compression, Compressor),
                               ("downlink", downlink, Compressor), ("privacy", privacy, Privacy),
                               ("secure_aggregation", secagg, SecAgg),

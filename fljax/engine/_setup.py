@@ -52,7 +52,10 @@ def wire_components(algorithm, setup: Setup, dp_plan):
     """``algorithm`` with the run's components in its chains: client-level DP replaces the
     aggregator with the clipped noisy sum, local DP appends the local Gaussian mechanism to
     the client chain (record-level DP-SGD lives in local training), secure aggregation makes
-    the sum secure (around DP's clipped sum), compression comes last in the client chain."""
+    the sum secure (around DP's clipped sum), compression comes last in the client chain; a
+    robust ``setup.aggregator`` replaces the weighted mean first."""
+    if setup.aggregator is not None:
+        algorithm = algorithm._replace(aggregator=setup.aggregator.transform)
     if dp_plan is not None and dp_plan.privacy.level == "client":
         algorithm = algorithm._replace(aggregator=dp_plan.aggregator())
     elif dp_plan is not None and dp_plan.privacy.level == "local":

@@ -96,6 +96,8 @@ class RoundMetrics(NamedTuple):
     sampled: jax.Array  # (K,), bool: the slot holds a reachable client (False: padding)
     secagg: Any = ()  # SecAggStats of the round (secure aggregation), else ()
     staleness: Any = ()  # (K,), int32: server versions each update is behind (async), else ()
+    rejected: Any = ()  # (K,), bool: update dropped by fault isolation (synchronous), else ()
+    kept: Any = ()  # (K,), bool: kept by a selection-based robust aggregator, else ()
 
 
 def stack(tree: PyTree, c: int) -> PyTree:
@@ -134,4 +136,5 @@ def all_finite(tree: PyTree) -> jax.Array:
 
 def example_weighted_loss(losses: jax.Array, w: jax.Array) -> jax.Array:
     """The round's reported local loss: ``sum_k w_k loss_k / max(sum_k w_k, 1)``."""
+    losses = jnp.where(w > 0, losses, 0.0)  # a rejected client's loss may be nan
     return jnp.sum(losses * w) / jnp.maximum(jnp.sum(w), 1.0)

@@ -1,0 +1,542 @@
+"""Byzantine-robust aggregators over ``deltas[K, ...]`` (a reduction stage of the round).
+
+Every aggregator here sees the cohort's updates flattened to ``X[K, d]`` and a presence mask
+(``weights > 0``: dropped stragglers, padding and rejected updates are absent); the number
+``n`` of present updates may change from round to round inside one compiled program, so
+every rank, count and trimming bound is computed from ``n`` at run time. The
+coordinate-wise and selection rules are unweighted, as in their papers; the geometric median,
+centered clipping and norm bounding use the aggregation weights (``n_k`` or 1).
+
+Selection rules (Krum, Multi-Krum, Bulyan, FLTrust) report which clients they kept in their
+state's ``kept[K]`` (read out by the reduction stage into the run's history).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from fljax._base import Transform
+
+PyTree = Any
+
+
+class RobustState(NamedTuple):
+    """A robust aggregator's state: ``memory`` persists between rounds (centered clipping's
+    last aggregate), ``kept`` is this round's ``[K]`` bool of kept clients (``()`` between
+    rounds and for rules that keep no subset)."""
+
+    memory: Any = ()
+    kept: Any = ()
+
+
+class Aggregator(NamedTuple):
+    """A named aggregator for :func:`fljax.simulate` (``aggregator=``).
+
+    Attributes:
+        name: registry name (``bucketing(...)`` around another).
+        transform: the :class:`fljax.Transform` over ``deltas[K, ...]``.
+        hparams: the hyperparameters it was built with.
+        min_cohort: ``k -> error message or None``: whether a cohort of ``k`` clients is
+            enough (Krum needs ``k > 2f + 2``, Bulyan ``k >= 4f + 3``).
+        root: FLTrust's server root dataset ``(x, y)`` or ``None``; ``root_size``: draw that
+            many examples of the federation's pooled (clean) training data instead.
+        selects: the rule keeps a subset of clients (``kept`` is recorded).
+        weighted: the rule uses the aggregation weights (else only presence).
+    """
+
+    name: str
+    transform: Transform
+    hparams: dict
+    min_cohort: Callable[[int], str | None] = lambda k: None
+    root: Any = None
+    root_size: int | None = None
+    selects: bool = False
+    weighted: bool = False
+
+
+# --- helpers on the flattened cohort ----------------------------------------------------
+
+
+def flatten(updates: PyTree) -> tuple[jax.Array, Callable[[jax.Array], PyTree]]:
+    """``X[K, d]`` float32 (each client's update raveled) and ``unravel(v[d]) -> tree``."""
+    one = jax.tree.map(lambda a: a[0], updates)
+    _, unravel = ravel_pytree(one)
+    x = jax.vmap(lambda t: ravel_pytree(t)[0])(updates).astype(jnp.float32)
+    return x, unravel
+
+
+def _present(weights: jax.Array | None, k: int) -> jax.Array:
+    if weights is None:
+        return jnp.ones((k,), bool)
+    return weights > 0
+
+
+def _sorted_present(x: jax.Array, present: jax.Array) -> jax.Array:
+    """Each coordinate's present values sorted ascending, absent ones (+inf) last."""
+    return jnp.sort(jnp.where(present[:, None], x, jnp.inf), axis=0)
+
+
+def _row(sorted_x: jax.Array, i: jax.Array) -> jax.Array:
+    """Row ``i`` (a traced index) of ``sorted_x``."""
+    return jax.lax.dynamic_index_in_dim(sorted_x, i, axis=0, keepdims=False)
+
+
+def masked_median(x: jax.Array, present: jax.Array) -> jax.Array:
+    """Coordinate-wise median of the present rows of ``x[K, d]`` (mean of the two middle
+    values for an even count; zeros when none is present)."""
+    n = jnp.sum(present.astype(jnp.int32))
+    s = _sorted_present(x, present)
+    lo = _row(s, jnp.maximum((n - 1) // 2, 0))
+    hi = _row(s, jnp.maximum(n // 2, 0))
+    return jnp.where(n > 0, 0.5 * (lo + hi), 0.0)
+
+
+def pairwise_sq_distances(x: jax.Array) -> jax.Array:
+    """``D[i, j] = ||x_i - x_j||^2`` from the Gram matrix (one ``[K, d] x [d, K]`` product:
+    O(K^2 d) work, vectorized)."""
+    sq = jnp.sum(x * x, axis=1)
+    gram = x @ x.T
+    d = sq[:, None] + sq[None, :] - 2.0 * gram
+    return jnp.maximum(d, 0.0) * (1.0 - jnp.eye(x.shape[0], dtype=x.dtype))
+
+
+def krum_scores(d2: jax.Array, present: jax.Array, f: int) -> jax.Array:
+    r"""Krum's score :math:`s(i) = \sum_{i \to j} \|V_i - V_j\|^2` over the
+    :math:`n - f - 2` present clients closest to ``i`` (Blanchard et al. 2017, Sec. 4);
+    ``inf`` for absent clients."""
+    k = d2.shape[0]
+    n = jnp.sum(present.astype(jnp.int32))
+    others = present[None, :] & present[:, None] & ~jnp.eye(k, dtype=bool)
+    near = jnp.sort(jnp.where(others, d2, jnp.inf), axis=1)
+    m = jnp.maximum(n - f - 2, 1)
+    take = jnp.arange(k)[None, :] < m
+    score = jnp.sum(jnp.where(take & jnp.isfinite(near), near, 0.0), axis=1)
+    return jnp.where(present, score, jnp.inf)
+
+
+def _finish(v: jax.Array, unravel, like: PyTree) -> PyTree:
+    tree = unravel(v)
+    return jax.tree.map(lambda t, d: t.astype(d.dtype), tree, jax.tree.map(lambda a: a[0], like))
+
+
+def _stateless(update: Callable) -> Transform:
+    def init(params):
+        del params
+        return RobustState()
+
+    return Transform(init, update)
+
+
+# --- coordinate-wise rules (Yin et al. 2018) --------------------------------------------
+
+
+def median() -> Aggregator:
+    r"""Coordinate-wise median of the present updates.
+
+    References:
+        Yin et al. (2018), "Byzantine-Robust Distributed Learning: Towards Optimal
+        Statistical Rates", ICML, Option I (median-based gradient descent): :math:`g =
+        \mathrm{med}\{g^i : i \in [m]\}` coordinate by coordinate.
+    """
+
+    def update(updates, state, params=None, *, key=None, weights=None, **extra):
+        del params, key, extra
+        x, unravel = flatten(updates)
+        return _finish(masked_median(x, _present(weights, x.shape[0])), unravel, updates), state
+
+    return Aggregator("median", _stateless(update), {})
+
+
+def trimmed_mean(trim: float = 0.1) -> Aggregator:
+    r"""Coordinate-wise :math:`\beta`-trimmed mean: drop the :math:`\lfloor \beta n \rfloor`
+    largest and smallest values of each coordinate, average the rest.
+
+    References:
+        Yin et al. (2018), ICML, Option II (Definition 2): :math:`g = \mathrm{trmean}_\beta
+        \{g^i\}`, :math:`\beta \in [0, 1/2)`.
+    """
+    if not (isinstance(trim, int | float) and 0.0 <= trim < 0.5):
+        raise ValueError(f"trimmed_mean: trim must be a fraction in [0, 0.5), got {trim!r}")
+
+    def update(updates, state, params=None, *, key=None, weights=None, **extra):
+        del params, key, extra
+        x, unravel = flatten(updates)
+        present = _present(weights, x.shape[0])
+        n = jnp.sum(present.astype(jnp.int32))
+        b = jnp.floor(trim * n).astype(jnp.int32)
+        s = _sorted_present(x, present)
+        rank = jnp.arange(x.shape[0])[:, None]
+        keep = (rank >= b) & (rank < n - b)
+        total = jnp.sum(jnp.where(keep, s, 0.0), axis=0)
+        v = total / jnp.maximum(n - 2 * b, 1).astype(jnp.float32)
+        return _finish(v, unravel, updates), state
+
+    return Aggregator("trimmed_mean", _stateless(update), {"trim": float(trim)})
+
+
+# --- selection rules ----------------------------------------------------------------------
+
+
+def _check_f(name: str, f) -> int:
+    if isinstance(f, bool) or not isinstance(f, int) or f < 0:
+        raise ValueError(f"{name}: f (Byzantine clients tolerated) must be an integer >= 0, "
+                         f"got {f!r}")  # fmt: skip
+    return f
+
+
+def krum(f: int = 1, m: int | None = 1) -> Aggregator:
+    r"""Krum (``m = 1``) and Multi-Krum (the mean of the ``m`` best-scored updates;
+    ``m=None``: ``n - f`` of the ``n`` present).
+
+    :math:`s(i) = \sum_{i \to j} \|V_i - V_j\|^2` over the :math:`n - f - 2` nearest; Krum
+    returns :math:`V_{i^*}`, :math:`i^* = \arg\min_i s(i)` (ties: the lower slot). Needs
+    :math:`n > 2f + 2`. The pairwise distances cost O(K^2 d) (one Gram matrix).
+
+    References:
+        Blanchard et al. (2017), "Machine Learning with Adversaries: Byzantine Tolerant
+        Gradient Descent", NeurIPS, Sec. 4 (Krum) and Sec. 5 (Multi-Krum).
+    """
+    f = _check_f("krum", f)
+    if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
+        raise ValueError(f"krum: m (updates averaged) must be a positive integer or None, "
+                         f"got {m!r}")  # fmt: skip
+
+    def update(updates, state, params=None, *, key=None, weights=None, **extra):
+        del params, key, extra
+        x, unravel = flatten(updates)
+        k = x.shape[0]
+        present = _present(weights, k)
+        n = jnp.sum(present.astype(jnp.int32))
+        scores = krum_scores(pairwise_sq_distances(x), present, f)
+        rank = jnp.zeros((k,), jnp.int32).at[jnp.argsort(scores)].set(jnp.arange(k))
+        count = jnp.maximum(n - f, 1) if m is None else m
+        chosen = (rank < count) & present
+        w = chosen.astype(jnp.float32)
+        v = (w @ x) / jnp.maximum(jnp.sum(w), 1.0)
+        return _finish(v, unravel, updates), RobustState(state.memory, chosen)
+
+    name = "krum" if m == 1 else "multi_krum"
+
+    def enough(k):
+        if k <= 2 * f + 2:
+            return (f"aggregator {name!r} with f={f} needs clients_per_round > 2f + 2 = "
+                    f"{2 * f + 2}, got {k} (lower f or raise clients_per_round)")  # fmt: skip
+        if m is not None and m > k - f:
+            return f"aggregator {name!r}: m={m} exceeds clients_per_round - f = {k - f}"
+        return None
+
+    return Aggregator(name, _stateless(update), {"f": f, "m": m}, enough, selects=True)
+
+
+def multi_krum(f: int = 1, m: int | None = None) -> Aggregator:
+    """Multi-Krum (:func:`krum` averaging the ``m`` best; ``m=None``: ``n - f``, the choice
+    of El Mhamdi et al. 2018)."""
+    return krum(f, m)._replace(name="multi_krum")
+
+
+def bulyan(f: int = 1) -> Aggregator:
+    r"""Bulyan: :math:`\theta = n - 2f` updates chosen by Krum one at a time (each removed
+    from the candidates), then coordinate by coordinate the mean of the
+    :math:`\beta = \theta - 2f` values closest to the median of the chosen. Needs
+    :math:`n \ge 4f + 3`.
+
+    References:
+        El Mhamdi, Guerraoui and Rouault (2018), "The Hidden Vulnerability of Distributed
+        Learning in Byzantium", ICML, Sec. 4 (Algorithm: Bulyan(A) with A = Krum).
+    """
+    f = _check_f("bulyan", f)
+
+    def update(updates, state, params=None, *, key=None, weights=None, **extra):
+        del params, key, extra
+        x, unravel = flatten(updates)
+        k = x.shape[0]
+        present = _present(weights, k)
+        n = jnp.sum(present.astype(jnp.int32))
+        theta = jnp.maximum(n - 2 * f, 1)
+        d2 = pairwise_sq_distances(x)
+
+        def pick(i, carry):
+            chosen, left = carry
+            scores = krum_scores(d2, left, f)
+            best = jnp.argmin(scores)
+            go = (i < theta) & jnp.any(left)
+            chosen = chosen.at[best].set(chosen[best] | go)
+            left = left.at[best].set(left[best] & ~go)
+            return chosen, left
+
+        chosen, _ = jax.lax.fori_loop(0, k, pick, (jnp.zeros((k,), bool), present))
+        med = masked_median(x, chosen)
+        beta = jnp.maximum(theta - 2 * f, 1)
+        # the beta values closest to the median: the first beta of |x - med| sorted
+        gap = jnp.where(chosen[:, None], jnp.abs(x - med[None, :]), jnp.inf)
+        vals = jnp.take_along_axis(x, jnp.argsort(gap, axis=0), axis=0)
+        take = jnp.arange(k)[:, None] < beta
+        v = jnp.sum(jnp.where(take, vals, 0.0), axis=0) / beta.astype(jnp.float32)
+        return _finish(v, unravel, updates), RobustState(state.memory, chosen)
+
+    def enough(k):
+        if k < 4 * f + 3:
+            return (f"aggregator 'bulyan' with f={f} needs clients_per_round >= 4f + 3 = "
+                    f"{4 * f + 3}, got {k} (lower f or raise clients_per_round)")  # fmt: skip
+        return None
+
+    return Aggregator("bulyan", _stateless(update), {"f": f}, enough, selects=True)
+
+
+# --- weighted rules -----------------------------------------------------------------------
+
+
+def geometric_median(iterations: int = 3, nu: float = 1e-6) -> Aggregator:
+    r"""Geometric median by the smoothed Weiszfeld algorithm (RFA):
+    :math:`v \leftarrow \sum_i \beta_i x_i / \sum_i \beta_i`,
+    :math:`\beta_i = \alpha_i / \max(\nu, \|v - x_i\|)`, from the weighted mean, ``iterations``
+    times (:math:`\alpha_i` the aggregation weights).
+
+    References:
+        Pillutla, Kakade and Harchaoui (2022), "Robust Aggregation for Federated Learning",
+        IEEE TSP, Algorithm 2 (smoothed Weiszfeld), Eq. (6).
+    """
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f"geometric_median: iterations must be a positive integer, got "
+                         f"{iterations!r}")  # fmt: skip
+    if not nu > 0:
+        raise ValueError(f"geometric_median: nu must be > 0, got {nu!r}")
+
+    def update(updates, state, params=None, *, key=None, weights=None, **extra):
+        del params, key, extra
+        x, unravel = flatten(updates)
+        k = x.shape[0]
+        alpha = jnp.ones((k,)) if weights is None else weights.astype(jnp.float32)
+        alpha = alpha / jnp.maximum(jnp.sum(alpha), 1e-30)
+        v0 = alpha @ x
+
+        def step(_, v):
+            dist = jnp.sqrt(jnp.sum((x - v[None, :]) ** 2, axis=1))
+            beta = alpha / jnp.maximum(nu, dist)
+            return (beta @ x) / jnp.maximum(jnp.sum(beta), 1e-30)
+
+        v = jax.lax.fori_loop(0, iterations, step, v0)
+        return _finish(v, unravel, updates), state
+
+    hp = {"iterations": iterations, "nu": float(nu)}
+    return Aggregator("geometric_median", _stateless(update), hp, weighted=True)
+
+
+def _clip_rows(x: jax.Array, tau) -> jax.Array:
+    norms = jnp.sqrt(jnp.sum(x * x, axis=1, keepdims=True))
+    return x * jnp.minimum(1.0, tau / jnp.maximum(norms, 1e-30))
+
+
+def centered_clipping(tau: float = 1.0, iterations: int = 1) -> Aggregator:
+    r"""Centered clipping: from the previous round's aggregate :math:`v`,
+    :math:`v \leftarrow v + \sum_i p_i \,\mathrm{clip}_\tau(x_i - v)` ``iterations`` times
+    (:math:`p_i` the normalised aggregation weights; :math:`\mathrm{clip}_\tau(z) = z
+    \min(1, \tau / \|z\|)`). With :math:`\tau = \infty` it is the weighted mean.
+
+    References:
+        Karimireddy, He and Jaggi (2021), "Learning from History for Byzantine Robust
+        Optimization", ICML, Eq. (CC) / Algorithm 2 (the center is the last aggregate, their
+        momentum).
+    """
+    if not tau > 0:
+        raise ValueError(f"centered_clipping: tau must be > 0, got {tau!r}")
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f"centered_clipping: iterations must be a positive integer, got "
+                         f"{iterations!r}")  # fmt: skip
+
+    def init(params):
+        flat, _ = ravel_pytree(params)
+        return RobustState(memory=jnp.zeros(flat.shape, jnp.float32))
+
+    def update(updates, state, params=None, *, key=None, weights=None, **extra):
+        del params, key, extra
+        x, unravel = flatten(updates)
+        k = x.shape[0]
+        w = jnp.ones((k,)) if weights is None else weights.astype(jnp.float32)
+        total = jnp.sum(w)
+        p = jnp.where(total > 0, w / jnp.where(total > 0, total, 1.0), 0.0)
+
+        def step(_, v):
+            return v + p @ _clip_rows(x - v[None, :], tau)
+
+        v = jax.lax.fori_loop(0, iterations, step, state.memory)
+        v = jnp.where(total > 0, v, 0.0)
+        return _finish(v, unravel, updates), RobustState(memory=v)
+
+    hp = {"tau": float(tau), "iterations": iterations}
+    return Aggregator("centered_clipping", Transform(init, update), hp, weighted=True)
+
+
+def norm_bounding(max_norm: float = 1.0) -> Aggregator:
+    r"""Norm bounding: every update clipped to :math:`\|\Delta_k\| \le M`, then the weighted
+    mean (with no update longer than ``M`` it IS the weighted mean, bit for bit).
+
+    References:
+        Sun et al. (2019), "Can You Really Backdoor Federated Learning?", Sec. 3 (norm
+        thresholding of updates: :math:`\Delta / \max(1, \|\Delta\| / M)`).
+    """
+    if not max_norm > 0:
+        raise ValueError(f"norm_bounding: max_norm must be > 0, got {max_norm!r}")
+
+    def update(updates, state, params=None, *, key=None, weights=None, **extra):
+        del params, key, extra
+        x, unravel = flatten(updates)
+        w = jnp.ones((x.shape[0],)) if weights is None else weights.astype(jnp.float32)
+        norms = jnp.sqrt(jnp.sum(x * x, axis=1))
+        scale = 1.0 / jnp.maximum(1.0, norms / max_norm)
+        bounded = jax.tree.map(
+            lambda d: d * scale.reshape((-1,) + (1,) * (d.ndim - 1)).astype(d.dtype), updates
+        )
+        from fljax.aggregate._mean import normalize_weighted_sum, weighted_sum
+
+        return normalize_weighted_sum(weighted_sum(bounded, w), w, bounded), state
+
+    return Aggregator("norm_bounding", _stateless(update), {"max_norm": float(max_norm)},
+                      weighted=True)  # fmt: skip
+
+
+def fltrust(root: tuple | None = None, root_size: int | None = None) -> Aggregator:
+    r"""FLTrust: the server trains on its own small clean root dataset from the global model
+    (the same local training as the clients) to get :math:`g_0`; each update gets the trust
+    score :math:`TS_i = \mathrm{ReLU}(\cos(g_i, g_0))`, is rescaled to :math:`\|g_0\|`, and
+    :math:`g = \sum_i TS_i \frac{\|g_0\|}{\|g_i\|} g_i / \sum_j TS_j`.
+
+    ``root``: the root dataset ``(x, y)``, or ``root_size``: that many examples drawn from the
+    federation's pooled training data before any poisoning (the paper samples it from the
+    same distribution). The engine computes :math:`g_0` each round (``server_update``).
+
+    References:
+        Cao et al. (2021), "FLTrust: Byzantine-robust Federated Learning via Trust
+        Bootstrapping", NDSS, Eq. (3)-(5) and Algorithm 2.
+    """
+    if root is None and not (isinstance(root_size, int) and root_size > 0):
+        raise ValueError("fltrust needs a root dataset: root=(x, y) (the server's clean "
+                         f"examples) or root_size=N drawn from the federation, got "
+                         f"root={root!r}, root_size={root_size!r}")  # fmt: skip
+
+    def update(updates, state, params=None, *, key=None, weights=None, server_update=None,
+               **extra):  # fmt: skip
+        del params, key, extra
+        if server_update is None:
+            raise ValueError("fltrust needs the server's root update (server_update=)")
+        x, unravel = flatten(updates)
+        g0, _ = ravel_pytree(server_update)
+        g0 = g0.astype(jnp.float32)
+        present = _present(weights, x.shape[0])
+        norms = jnp.sqrt(jnp.sum(x * x, axis=1))
+        n0 = jnp.sqrt(jnp.sum(g0 * g0))
+        cos = (x @ g0) / jnp.maximum(norms * n0, 1e-30)
+        ts = jnp.where(present, jax.nn.relu(cos), 0.0)
+        rescaled = x * (n0 / jnp.maximum(norms, 1e-30))[:, None]
+        total = jnp.sum(ts)
+        v = jnp.where(total > 0, (ts @ rescaled) / jnp.where(total > 0, total, 1.0), 0.0)
+        return _finish(v, unravel, updates), RobustState(state.memory, ts > 0)
+
+    hp = {"root_size": root_size if root is None else int(jax.tree.leaves(root)[0].shape[0])}
+    return Aggregator("fltrust", _stateless(update), hp, root=root, root_size=root_size,
+                      selects=True)  # fmt: skip
+
+
+# --- bucketing ------------------------------------------------------------------------------
+
+
+def bucketing(inner: Aggregator, bucket_size: int = 2) -> Aggregator:
+    r"""Bucketing: the present clients in a random order (from the round's aggregation key),
+    averaged in buckets of ``bucket_size``, and ``inner`` applied to the bucket means
+    (weights: the bucket's summed weights). A client is kept when its bucket is.
+
+    References:
+        Karimireddy, He and Jaggi (2022), "Byzantine-Robust Learning on Heterogeneous
+        Datasets via Bucketing", ICLR, Algorithm 1.
+    """
+    if isinstance(bucket_size, bool) or not isinstance(bucket_size, int) or bucket_size < 1:
+        raise ValueError(f"bucketing: bucket_size must be a positive integer, got "
+                         f"{bucket_size!r}")  # fmt: skip
+    s = bucket_size
+    t = inner.transform
+
+    def update(updates, state, params=None, *, key=None, weights=None, **extra):
+        x, unravel = flatten(updates)
+        k = x.shape[0]
+        w = jnp.ones((k,)) if weights is None else weights.astype(jnp.float32)
+        present = w > 0
+        noise = jax.random.uniform(jax.random.fold_in(key, 7), (k,))
+        order = jnp.argsort(jnp.where(present, noise, 2.0))  # present first, shuffled
+        nb = -(-k // s)
+        pad = nb * s - k
+        xs = jnp.concatenate([x[order], jnp.zeros((pad, x.shape[1]), x.dtype)])
+        ws = jnp.concatenate([w[order], jnp.zeros((pad,), w.dtype)])
+        pres = (ws > 0).astype(jnp.float32).reshape(nb, s)
+        counts = pres.sum(axis=1)
+        means = (
+            jnp.einsum("bs,bsd->bd", pres, xs.reshape(nb, s, -1))
+            / jnp.maximum(counts, 1.0)[:, None]
+        )
+        bw = ws.reshape(nb, s).sum(axis=1) if inner.weighted else counts
+        bucket_tree = jax.vmap(unravel)(means)
+        agg, inner_state = t.update(bucket_tree, state, params, key=key, weights=bw, **extra)
+        kept = getattr(inner_state, "kept", ())
+        if isinstance(kept, jax.Array) and kept.shape == (nb,):
+            slot_bucket = jnp.zeros((k,), jnp.int32).at[order].set(jnp.arange(k) // s)
+            inner_state = inner_state._replace(kept=kept[slot_bucket] & present)
+        return agg, inner_state
+
+    def enough(k):
+        return inner.min_cohort(-(-k // s))
+
+    name = f"bucketing({inner.name})"
+    return inner._replace(
+        name=name,
+        transform=Transform(t.init, update),
+        hparams={**inner.hparams, "bucket_size": s},
+        min_cohort=enough,
+    )
+
+
+# --- the registry ---------------------------------------------------------------------------
+
+_REGISTRY: dict[str, Callable[..., Aggregator]] = {
+    "mean": lambda: Aggregator("mean", _mean_transform(), {}, weighted=True),
+    "median": median,
+    "trimmed_mean": trimmed_mean,
+    "krum": krum,
+    "multi_krum": multi_krum,
+    "bulyan": bulyan,
+    "geometric_median": geometric_median,
+    "centered_clipping": centered_clipping,
+    "norm_bounding": norm_bounding,
+    "fltrust": fltrust,
+}
+
+
+def _mean_transform() -> Transform:
+    from fljax.aggregate._mean import weighted_mean
+
+    return weighted_mean()
+
+
+def names() -> list[str]:
+    """The registered aggregator names."""
+    return sorted(_REGISTRY)
+
+
+def get(name: str, bucket_size: int | None = None, **kwargs) -> Aggregator:
+    """The aggregator ``name`` built with ``kwargs``; ``bucket_size``: wrapped in
+    :func:`bucketing` (Karimireddy et al. 2022).
+
+    Examples:
+        >>> import fljax
+        >>> fljax.aggregate.get("krum", f=1).hparams
+        {'f': 1, 'm': 1}
+    """
+    from fljax._base import lookup
+
+    agg = lookup("aggregator", _REGISTRY, name, kwargs)(**kwargs)
+    if bucket_size is not None and bucket_size != 1:
+        agg = bucketing(agg, bucket_size)
+    return agg
