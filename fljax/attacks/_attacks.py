@@ -225,8 +225,9 @@ def _direction(kind: str, mu, sd):
 
 
 def _optimize_gamma(ok: Callable, gamma_init: float, steps: int):
-    r"""Shejwalkar and Houmansadr (2021), Algorithm 1's search: the largest :math:`\gamma`
-    found with ``ok(gamma)``, halving the step ``steps`` times from ``gamma_init``."""
+    r"""Shejwalkar and Houmansadr (2021), Algorithm 1's search (as in their code: the step
+    starts at ``gamma_init``, so :math:`\gamma` ranges over :math:`(0, 2\gamma_{init})`): the
+    largest :math:`\gamma` found with ``ok(gamma)``, halving the step ``steps`` times."""
 
     def body(_, carry):
         gamma, step, best = carry
@@ -236,7 +237,7 @@ def _optimize_gamma(ok: Callable, gamma_init: float, steps: int):
         return gamma, step / 2.0, best
 
     g0 = jnp.asarray(gamma_init, jnp.float32)
-    _, _, best = jax.lax.fori_loop(0, steps, body, (g0, g0 / 2.0, jnp.zeros((), jnp.float32)))
+    _, _, best = jax.lax.fori_loop(0, steps, body, (g0, g0, jnp.zeros((), jnp.float32)))
     return best
 
 

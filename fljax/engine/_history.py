@@ -72,8 +72,9 @@ def json_list(values: np.ndarray) -> list:
 
 
 def _ids_where(ids: np.ndarray, flags: np.ndarray) -> list:
-    """Per round of a block, the client ids whose flag is set."""
-    return [[int(c) for c in i[f]] for i, f in zip(ids.reshape(flags.shape), flags, strict=True)]
+    """Per round of a block, the client ids whose flag is set (ascending)."""
+    return [sorted(int(c) for c in i[f]) for i, f in zip(ids.reshape(flags.shape), flags,
+                                                           strict=True)]  # fmt: skip
 
 
 def stack_rounds(blocks: list, k: int, dtype) -> np.ndarray:
