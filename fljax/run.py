@@ -110,6 +110,8 @@ class _Components(NamedTuple):
     privacy: Any
     secagg: Any
     system: Any
+    aggregator: Any = None
+    attack: Any = None
 
 
 def _components(cfg: DictConfig) -> _Components:
@@ -121,7 +123,8 @@ def _components(cfg: DictConfig) -> _Components:
     return _Components(
         data, model, instantiate(cfg.algorithm, _convert_="all"), _optional(cfg, "compression"),
         _optional(cfg, "downlink"), _optional(cfg, "privacy"), _optional(cfg, "secagg"),
-        _optional(cfg, "system", num_clients=data.num_clients),
+        _optional(cfg, "system", num_clients=data.num_clients), _optional(cfg, "aggregator"),
+        _optional(cfg, "attack"),
     )  # fmt: skip
 
 
@@ -179,6 +182,9 @@ def _summary_start(cfg: DictConfig, c: _Components) -> dict:
         "downlink": None if c.downlink is None else c.downlink.name,
         "privacy": None if c.privacy is None else c.privacy.hparams | {"name": c.privacy.name},
         "secagg": None if c.secagg is None else c.secagg.hparams | {"name": c.secagg.name},
+        "aggregator": None if c.aggregator is None else {"name": c.aggregator.name,
+                                                         **c.aggregator.hparams},
+        "attack": None if c.attack is None else {"name": c.attack.name, **c.attack.hparams},
         "hparams": c.algorithm.hparams,
         "seed": int(cfg.seed),
         "rounds": int(cfg.rounds),
@@ -290,7 +296,8 @@ def _simulate(cfg: DictConfig, c: _Components, seeds, sweep, state_dir, callback
         resume=bool(cfg.get("resume", False)), callbacks=callbacks,
         progress=bool(cfg.get("progress", False)), seeds=seeds, sweep=sweep,
         client_chunk=_client_chunk(cfg, c.algorithm, c.model, c.data),
-        client_map=str(cfg.get("client_map", "vmap")),
+        client_map=str(cfg.get("client_map", "vmap")), aggregator=c.aggregator, attack=c.attack,
+        reject_norm=None if cfg.get("reject_norm") is None else float(cfg.reject_norm),
     )  # fmt: skip
 
 

@@ -12,7 +12,6 @@ from scipy import stats
 
 import fljax
 from fljax.aggregate import _robust
-from fljax.attacks import _attacks
 
 D = 5
 

@@ -78,7 +78,8 @@ def malicious_clients(attack: Attack, num_clients: int) -> np.ndarray:
 def _who(name: str, fraction, ids, seed) -> tuple:
     if ids is not None:
         if fraction is not None:
-            raise ValueError(f"attack {name!r}: give fraction or ids, not both")
+            raise ValueError(f"attack {name!r}: give fraction or ids, not both (ids={list(ids)!r},"
+                             f" fraction={fraction!r}: set fraction=null)")  # fmt: skip
         if isinstance(ids, int):
             ids = [ids]
         ids = tuple(int(i) for i in ids)
