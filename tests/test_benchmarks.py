@@ -75,3 +75,10 @@ def test_imaging_reports_each_strategy_against_the_loop():
     assert out["loop_examples_per_s"] == max(out["loop_dot_examples_per_s"],
                                              out["loop_xla_examples_per_s"])  # fmt: skip
     assert out["central_examples_per_s"] > 0 and out["missing"] == {}
+
+
+def test_robust_reports_each_rule_against_fedavg(capsys):
+    fig = _bench_here("benchmarks/robust.py", "--clients", "12", "--rounds", "1", "--repeats",
+                      "1", "--rules", "fedavg,median,bulyan", capsys=capsys)  # fmt: skip
+    assert fig["rules"]["fedavg"]["vs_fedavg"] == 1.0
+    assert fig["rules"]["bulyan"]["round_s"] > 0

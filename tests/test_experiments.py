@@ -146,3 +146,15 @@ def test_personalization_smoke(tmp_path):
     assert settings["FedAvg"]["sites_above_fedavg"] == 0
     assert (tmp_path / "personalization.md").read_text().count("| FedBN |") == 1
     assert all(0 <= s["worst_auroc"] <= s["mean_auroc"] <= 1 for s in settings.values())
+
+
+def test_robustness_matrix_smoke(tmp_path):
+    figures = _run_script(
+        ["experiments/robustness.py", "--seeds", "2", "--rounds", "2", "--clients", "11",
+         "--attacks", "none,alie", "--defenses", "mean,krum"],
+        tmp_path,
+    )  # fmt: skip
+    assert figures["attacks"] == ["none", "alie"] and figures["defenses"] == ["mean", "krum"]
+    assert all(0 <= v <= 1 for row in figures["mean"] for v in row)
+    assert (tmp_path / "robustness.md").read_text().count("| krum |") == 1
+    assert (tmp_path / "robustness.png").exists()

@@ -2,8 +2,9 @@
 
 Each case is a function returning ``(args, kwargs)`` for :func:`fljax.simulate`. The recorded
 outputs (``tests/golden/<name>.json``) were produced by the engine as it stood BEFORE the round
-was rebuilt from stages (``python tests/golden/record.py``, 8 host CPU devices as in
-``conftest.py``); ``tests/test_golden.py`` requires every later engine to reproduce them.
+was rebuilt from stages; the ``robust_*`` cases when robust aggregation was added
+(``python tests/golden/record.py``, 8 host CPU devices as in ``conftest.py``);
+``tests/test_golden.py`` requires every later engine to reproduce them.
 
 Cases are tiny (logistic / small MLP, 3-4 rounds) so the whole matrix runs in well under a
 minute from the compilation cache.
@@ -414,6 +415,30 @@ def _():
 
 
 # ------------------------------------------------------------------------ serialization
+# --- recorded after issue 18 (robust aggregation, attacks, fault isolation) ---------------
+
+
+@case("robust_bucketed_cc_alie")
+def _():
+    agg = fljax.aggregate.get("centered_clipping", tau=0.5, iterations=2, bucket_size=2)
+    return _sim(_algo(), MLP, clients_per_round=8, aggregator=agg,
+                attack=fljax.attacks.get("alie", fraction=0.25))  # fmt: skip
+
+
+@case("robust_krum_backdoor")
+def _():
+    return _sim(_algo(), MLP, clients_per_round=8, aggregator=fljax.aggregate.get("krum", f=1),
+                attack=fljax.attacks.get("backdoor", ids=[2, 5], scale=3.0))  # fmt: skip
+
+
+@case("robust_fltrust_reject")
+def _():
+    return _sim(_algo(), MLP, clients_per_round=6,
+                aggregator=fljax.aggregate.get("fltrust", root_size=30),
+                attack=fljax.attacks.get("scaling", ids=[1, 3], scale=100.0),
+                reject_norm=5.0)  # fmt: skip
+
+
 def _plain(x):
     """JSON-safe copy; floats keep every bit (repr round-trips), non-finite as strings."""
     if isinstance(x, dict):
