@@ -274,17 +274,23 @@ def test_alie_ipm_equal_their_papers(attacked):
 
 
 def np_min_max_sum(x, rule, direction, gamma_init=10.0, steps=30):
+    """Shejwalkar and Houmansadr (2021), Eq. (5) / (6): the largest feasible gamma."""
     mu, sd = x.mean(axis=0), x.std(axis=0)
     p = {"std": -sd, "sign": -np.sign(mu), "unit_vec": -mu / np.linalg.norm(mu)}[direction]
     d2 = ((x[:, None] - x[None]) ** 2).sum(-1)
     bound = d2.max() if rule == "max" else d2.sum(axis=1).max()
-    gamma, step, best = gamma_init, gamma_init, 0.0
-    for _ in range(steps):  # Shejwalkar and Houmansadr (2021), Algorithm 1
+
+    def ok(gamma):
         dist = ((x - (mu + gamma * p)) ** 2).sum(-1)
-        good = (dist.max() if rule == "max" else dist.sum()) <= bound
-        best = gamma if good else best
-        gamma = gamma + step / 2 if good else gamma - step / 2
-        step /= 2
+        return (dist.max() if rule == "max" else dist.sum()) <= bound
+
+    lo, hi = 0.0, gamma_init  # grow until infeasible, then bisect (argmax of Eq. 5 / 6)
+    while ok(hi):
+        lo, hi = hi, 2 * hi
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    best = lo
     return mu + best * p, best
 
 
@@ -296,6 +302,11 @@ def test_min_max_min_sum_equal_their_search(attacked, name, rule, direction):
     want, gamma = np_min_max_sum(x[benign].astype(np.float64), rule, direction)
     assert gamma > 0
     np.testing.assert_allclose(got[mal], np.tile(want, (2, 1)), rtol=1e-4, atol=1e-5)
+    # the crafted update sits on the boundary of the constraint (the largest gamma)
+    d = ((x[benign] - got[mal][0]) ** 2).sum(-1)
+    pair = ((x[benign][:, None] - x[benign][None]) ** 2).sum(-1)
+    used, bound = (d.max(), pair.max()) if rule == "max" else (d.sum(), pair.sum(1).max())
+    assert bound * (1 - 1e-3) <= used <= bound * (1 + 1e-5)
 
 
 def test_malicious_sets_and_bad_input():
@@ -503,3 +514,16 @@ def test_backdoor_success_is_reported_and_norm_bounding_lowers_it(setting):
 def test_bad_combinations_are_refused(setting, kw, match):
     with pytest.raises(ValueError, match=match):
         _sim(setting, rounds=1, eval_every=1, **{k: v() for k, v in kw.items()})
+
+
+def test_resume_keeps_robust_state_and_counts(setting, tmp_path):
+    """Centered clipping's center, the rejection counts and Krum-style kept counts survive a
+    checkpoint: a resumed run equals the uninterrupted one."""
+    kw = dict(aggregator=fljax.aggregate.get("centered_clipping", tau=0.3),
+              attack=fljax.attacks.get("scaling", ids=[4], scale=1e3), reject_norm=20.0,
+              eval_every=2)  # fmt: skip
+    full = _sim(setting, rounds=4, **kw)
+    _sim(setting, rounds=2, checkpoint_dir=str(tmp_path), **kw)
+    resumed = _sim(setting, rounds=4, checkpoint_dir=str(tmp_path), resume=True, **kw)
+    assert resumed.history == full.history
+    assert full.history[-1]["rejected"]["per_client"][4] == 4

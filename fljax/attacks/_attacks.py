@@ -225,21 +225,33 @@ def _direction(kind: str, mu, sd):
     return -jnp.sign(mu)
 
 
-def _optimize_gamma(ok: Callable, gamma_init: float, steps: int):
-    r"""Shejwalkar and Houmansadr (2021), Algorithm 1's search (as in their code: the step
-    starts at ``gamma_init``, so :math:`\gamma` ranges over :math:`(0, 2\gamma_{init})`): the
-    largest :math:`\gamma` found with ``ok(gamma)``, halving the step ``steps`` times."""
+def _optimize_gamma(ok: Callable, gamma_init: float, steps: int, max_doublings: int = 40):
+    r"""The largest :math:`\gamma` with ``ok(gamma)`` (Shejwalkar and Houmansadr 2021, Eq. (5)
+    / (6): :math:`\arg\max_\gamma` under the distance constraint). Their Algorithm 1 searches
+    :math:`(0, 2\gamma_{init})` by halving steps, which caps :math:`\gamma` when benign updates
+    are far apart (non-IID data); here :math:`\gamma` is first doubled from ``gamma_init``
+    until the constraint fails (at most ``max_doublings`` times), then the bracket is bisected
+    ``steps`` times; the last feasible value is returned (0 if none)."""
 
-    def body(_, carry):
-        gamma, step, best = carry
-        good = ok(gamma)
-        best = jnp.where(good, gamma, best)
-        gamma = jnp.where(good, gamma + step / 2.0, gamma - step / 2.0)
-        return gamma, step / 2.0, best
+    def grow(carry):
+        lo, hi, j = carry
+        return hi, 2.0 * hi, j + 1
+
+    def growing(carry):
+        _, hi, j = carry
+        return ok(hi) & (j < max_doublings)
 
     g0 = jnp.asarray(gamma_init, jnp.float32)
-    _, _, best = jax.lax.fori_loop(0, steps, body, (g0, g0, jnp.zeros((), jnp.float32)))
-    return best
+    lo, hi, _ = jax.lax.while_loop(growing, grow, (jnp.zeros((), jnp.float32), g0, 0))
+
+    def bisect(_, carry):
+        lo, hi = carry
+        mid = 0.5 * (lo + hi)
+        good = ok(mid)
+        return jnp.where(good, mid, lo), jnp.where(good, hi, mid)
+
+    lo, _ = jax.lax.fori_loop(0, steps, bisect, (lo, hi))
+    return lo
 
 
 def _sq_dists(x):
@@ -290,6 +302,8 @@ min_max.__doc__ = r"""Min-Max (AGR-agnostic): every malicious client sends
 :math:`\nabla^m = \mu + \gamma \nabla^p` with the largest :math:`\gamma` such that
 :math:`\max_i \|\nabla^m - \nabla_i\| \le \max_{i,j} \|\nabla_i - \nabla_j\|` over the round's
 benign updates; :math:`\nabla^p` is ``-std``, ``-unit_vec`` (of the mean) or ``-sign``.
+:math:`\gamma` is searched from ``gamma_init`` (doubled while feasible, then ``steps``
+bisections; see ``_optimize_gamma`` for how this departs from their Algorithm 1's fixed range).
 
 References:
     Shejwalkar and Houmansadr (2021), "Manipulating the Byzantine: Optimizing Model Poisoning
