@@ -372,6 +372,45 @@ def centered_clipping(tau: float = 1.0, iterations: int = 1) -> Aggregator:
     return Aggregator("centered_clipping", Transform(init, update), hp, weighted=True)
 
 
+class CenteredDPState(NamedTuple):
+    """Centered clipping under client-level DP: the center (the last released aggregate, a
+    tree like the params) and the DP mechanism's state (adaptive clipping's norm)."""
+
+    center: Any
+    inner: Any
+
+
+def centered_dp(parts) -> Transform:
+    r"""Centered clipping as a client-level DP mechanism: one iteration around the last
+    RELEASED aggregate :math:`v` (public: post-processing of earlier releases),
+    :math:`v \leftarrow v + \frac{1}{m}\big(\sum_k \mathrm{clip}_C(\Delta_k - v) +
+    \mathcal N(0, z^2 C^2 I)\big)`. One client moves the sum by at most :math:`C`, as in
+    DP-FedAvg (whose clip is centered at 0), so the same accountant applies; ``parts`` is the
+    run's :class:`fljax.privacy.ClippedSum` (clip norm :math:`C`, noise, fixed denominator
+    :math:`m`, adaptive clipping).
+
+    References:
+        Karimireddy, He and Jaggi (2021), ICML (centered clipping); McMahan et al. (2018),
+        "Learning Differentially Private Recurrent Language Models", ICLR (the Gaussian sum
+        with a fixed denominator).
+    """
+
+    def init(params):
+        return CenteredDPState(jax.tree.map(jnp.zeros_like, params), parts.init(params))
+
+    def update(updates, state, params=None, *, key=None, weights=None, **extra):
+        del params, extra
+        diff = jax.tree.map(lambda d, c: d - c[None].astype(d.dtype), updates, state.center)
+        clipped, included, norms = parts.clip(diff, state.inner, weights)
+        mask = included.astype(jnp.float32)
+        total = jax.tree.map(lambda d: jnp.tensordot(mask, d, axes=1), clipped)
+        step, inner = parts.finish(total, state.inner, key, included, norms)
+        out = jax.tree.map(lambda c, s: (c + s).astype(c.dtype), state.center, step)
+        return out, CenteredDPState(out, inner)
+
+    return Transform(init, update)
+
+
 def norm_bounding(max_norm: float = 1.0) -> Aggregator:
     r"""Norm bounding: every update clipped to :math:`\|\Delta_k\| \le M`, then the weighted
     mean (with no update longer than ``M`` it IS the weighted mean, bit for bit).

@@ -184,13 +184,24 @@ RULES: tuple[Rule, ...] = (
          lambda s: f"aggregator={_agg(s)!r} needs the individual updates, but secure "
                    "aggregation shows the server only their sum; robust rules and SecAgg do "
                    "not compose (use norm bounding at the clients, or drop secure_aggregation)"),
-    Rule("aggregator", _robust, lambda s: s.level != "client",
+    Rule("aggregator", lambda s: _robust(s) and s.level == "client",
+         lambda s: _agg(s) == "centered_clipping",
          lambda s: f"aggregator={_agg(s)!r} with client-level DP: the Gaussian noise is "
                    "calibrated to the clipped SUM (one client moves it by at most clip_norm); "
                    f"{_agg(s)!r} can move by more than clip_norm / m when one client changes "
                    "(a median or a Krum choice jumps), so its noise would be uncalibrated. "
-                   "Client-level DP already bounds every update's norm (norm bounding); local "
-                   "DP (local_dp) and record-level DP (dp_sgd) compose with every aggregator"),
+                   "Composable: centered_clipping (one iteration, tau = clip_norm: DP-FedAvg's "
+                   "clip centered at the last released aggregate); local DP (local_dp) and "
+                   "record-level DP (dp_sgd) compose with every aggregator"),
+    Rule("aggregator", lambda s: s.level == "client" and _robust(s)
+         and _agg(s) == "centered_clipping",
+         lambda s: s.aggregator.hparams["iterations"] == 1
+         and s.aggregator.hparams["tau"] == s.privacy.clip_norm,
+         lambda s: f"centered_clipping with client-level DP is DP-FedAvg's clipping centered "
+                   f"at the last release: it needs iterations=1 (each iteration would use the "
+                   f"updates again) and tau equal to the privacy clip_norm={s.privacy.clip_norm}"
+                   f", got iterations={s.aggregator.hparams['iterations']}, "
+                   f"tau={s.aggregator.hparams['tau']}"),
     Rule("aggregator", lambda s: s.aggregator is not None and s.mode == "federated",
          lambda s: s.aggregator.min_cohort(s.clients_per_round) is None,
          lambda s: s.aggregator.min_cohort(s.clients_per_round)),

@@ -57,7 +57,12 @@ def wire_components(algorithm, setup: Setup, dp_plan):
     if setup.aggregator is not None:
         algorithm = algorithm._replace(aggregator=setup.aggregator.transform)
     if dp_plan is not None and dp_plan.privacy.level == "client":
-        algorithm = algorithm._replace(aggregator=dp_plan.aggregator())
+        dp = dp_plan.aggregator()
+        if setup.aggregator is not None and setup.aggregator.name == "centered_clipping":
+            from fljax.aggregate._robust import centered_dp
+
+            dp = centered_dp(dp_plan.clipped_sum())  # clipped around the last release
+        algorithm = algorithm._replace(aggregator=dp)
     elif dp_plan is not None and dp_plan.privacy.level == "local":
         algorithm = algorithm._replace(
             client_transform=chain(algorithm.client_transform, dp_plan.client_transform())
