@@ -559,3 +559,22 @@ def test_centered_clipping_composes_with_client_dp(setting):
         _sim(setting, rounds=1, privacy=dp, aggregator=fljax.aggregate.get("centered_clipping"))
     with pytest.raises(ValueError, match="Composable: centered_clipping"):
         _sim(setting, rounds=1, privacy=dp, aggregator=fljax.aggregate.get("median"))
+
+
+def test_exact_selection_equals_a_sort_with_ties_and_extremes():
+    """The bisection selection behind the median, trimmed mean and Bulyan is exact: every
+    rank of every column equals NumPy's sort, with ties, negatives, +-inf and absent rows."""
+    rng = np.random.default_rng(6)
+    x = rng.choice([-3.5, -1.0, 0.0, 0.25, 2.0, 1e30, -np.inf, np.inf], size=(9, 7))
+    x[:, 0] = rng.normal(size=9)
+    x = x.astype(np.float32)
+    present = np.array([1, 1, 0, 1, 1, 1, 0, 1, 1], bool)
+    want = np.sort(x[present], axis=0)
+    kth = jax.jit(_robust.kth_smallest)
+    for k in range(int(present.sum())):
+        np.testing.assert_array_equal(kth(x, present, jnp.int32(k)), want[k])
+    finite = np.where(np.isfinite(x), x, 7.0).astype(np.float32)
+    wf = np.sort(finite[present], axis=0)
+    for b in range(4):
+        got = jax.jit(_robust.trimmed_sum)(finite, present, jnp.int32(b))
+        np.testing.assert_allclose(got, wf[b : len(wf) - b].sum(axis=0), rtol=1e-6)

@@ -76,24 +76,77 @@ def _present(weights: jax.Array | None, k: int) -> jax.Array:
     return weights > 0
 
 
-def _sorted_present(x: jax.Array, present: jax.Array) -> jax.Array:
-    """Each coordinate's present values sorted ascending, absent ones (+inf) last."""
-    return jnp.sort(jnp.where(present[:, None], x, jnp.inf), axis=0)
+_TOP = 0x80000000
 
 
-def _row(sorted_x: jax.Array, i: jax.Array) -> jax.Array:
-    """Row ``i`` (a traced index) of ``sorted_x``."""
-    return jax.lax.dynamic_index_in_dim(sorted_x, i, axis=0, keepdims=False)
+def _keys(x: jax.Array, present: jax.Array) -> jax.Array:
+    """``x`` as uint32 keys whose unsigned order is the float order (absent entries: the
+    maximum key, after every value; ``present`` is ``[K]`` rows or ``[K, d]`` entries)."""
+    u = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+    top = jnp.uint32(_TOP)
+    key = jnp.where(u >= top, ~u, u | top)
+    mask = present[:, None] if present.ndim == 1 else present
+    return jnp.where(mask, key, jnp.uint32(0xFFFFFFFF))
+
+
+def _values(key: jax.Array) -> jax.Array:
+    u = jnp.where(key >= jnp.uint32(_TOP), key & jnp.uint32(0x7FFFFFFF), ~key)
+    return jax.lax.bitcast_convert_type(u, jnp.float32)
+
+
+def kth_smallest(x: jax.Array, present: jax.Array, k: jax.Array) -> jax.Array:
+    """The ``k``-th smallest (0-based; ``k`` traced, a scalar or ``[d]``) of the present
+    entries of ``x[K, d]``, coordinate by coordinate (``present``: ``[K]`` rows or ``[K, d]``
+    entries): an exact selection by bisection on the float's order-preserving 32-bit key (32
+    counting passes of O(K d) each, instead of an O(K log K d) sort)."""
+    keys = _keys(x, present)
+    need = (k + 1).astype(jnp.int32)
+
+    def body(_, bounds):
+        lo, hi = bounds
+        mid = lo + (hi - lo) // jnp.uint32(2)
+        enough = jnp.sum((keys <= mid[None, :]).astype(jnp.int32), axis=0) >= need
+        return jnp.where(enough, lo, mid + jnp.uint32(1)), jnp.where(enough, mid, hi)
+
+    d = x.shape[1]
+    lo = jnp.zeros((d,), jnp.uint32)
+    hi = jnp.full((d,), 0xFFFFFFFF, jnp.uint32)
+    lo, _ = jax.lax.fori_loop(0, 32, body, (lo, hi))
+    return _values(lo)
+
+
+def _next_value(x, present, v, rank):
+    """The element of rank ``rank`` given ``v``, the element of rank ``rank - 1``: ``v`` again
+    when enough values tie with it, else the smallest present value above it."""
+    at_most = jnp.sum((present[:, None] & (x <= v[None, :])).astype(jnp.int32), axis=0)
+    above = jnp.min(jnp.where(present[:, None] & (x > v[None, :]), x, jnp.inf), axis=0)
+    return jnp.where(at_most >= rank + 1, v, above)
 
 
 def masked_median(x: jax.Array, present: jax.Array) -> jax.Array:
     """Coordinate-wise median of the present rows of ``x[K, d]`` (mean of the two middle
     values for an even count; zeros when none is present)."""
     n = jnp.sum(present.astype(jnp.int32))
-    s = _sorted_present(x, present)
-    lo = _row(s, jnp.maximum((n - 1) // 2, 0))
-    hi = _row(s, jnp.maximum(n // 2, 0))
+    lo = kth_smallest(x, present, jnp.maximum((n - 1) // 2, 0))
+    hi = _next_value(x, present, lo, n // 2)
+    hi = jnp.where(n % 2 == 1, lo, hi)
     return jnp.where(n > 0, 0.5 * (lo + hi), 0.0)
+
+
+def trimmed_sum(x: jax.Array, present: jax.Array, b: jax.Array) -> jax.Array:
+    """Sum of each coordinate's present values of ranks ``b .. n - b - 1`` (ties counted by
+    rank, as a sort would), from two exact selections."""
+    n = jnp.sum(present.astype(jnp.int32))
+    lo = kth_smallest(x, present, b)
+    hi = kth_smallest(x, present, jnp.maximum(n - b - 1, 0))
+    p = present[:, None]
+    between = jnp.sum(jnp.where(p & (x > lo[None, :]) & (x < hi[None, :]), x, 0.0), axis=0)
+    le_lo = jnp.sum((p & (x <= lo[None, :])).astype(jnp.int32), axis=0)
+    lt_hi = jnp.sum((p & (x < hi[None, :])).astype(jnp.int32), axis=0)
+    n_lo = (le_lo - b).astype(jnp.float32)  # kept copies of lo (ranks b .. le_lo - 1)
+    n_hi = (n - b - lt_hi).astype(jnp.float32)  # kept copies of hi (ranks lt_hi .. n - b - 1)
+    split = between + lo * n_lo + hi * n_hi
+    return jnp.where(lo == hi, lo * (n - 2 * b).astype(jnp.float32), split)
 
 
 def pairwise_sq_distances(x: jax.Array) -> jax.Array:
@@ -107,16 +160,39 @@ def pairwise_sq_distances(x: jax.Array) -> jax.Array:
 
 def krum_scores(d2: jax.Array, present: jax.Array, f: int) -> jax.Array:
     r"""Krum's score :math:`s(i) = \sum_{i \to j} \|V_i - V_j\|^2` over the
-    :math:`n - f - 2` present clients closest to ``i`` (Blanchard et al. 2017, Sec. 4);
-    ``inf`` for absent clients."""
+    :math:`m = n - f - 2` present clients closest to ``i`` (Blanchard et al. 2017, Sec. 4);
+    ``inf`` for absent clients. Each row's :math:`m`-th smallest distance ``t`` by exact
+    selection (:func:`kth_smallest`; ``d2`` is symmetric, so columns are rows), then the sum
+    of the distances below ``t`` plus ``t`` for the remaining ties: no sort of the rows."""
     k = d2.shape[0]
     n = jnp.sum(present.astype(jnp.int32))
     others = present[None, :] & present[:, None] & ~jnp.eye(k, dtype=bool)
-    near = jnp.sort(jnp.where(others, d2, jnp.inf), axis=1)
     m = jnp.maximum(n - f - 2, 1)
-    take = jnp.arange(k)[None, :] < m
-    score = jnp.sum(jnp.where(take & jnp.isfinite(near), near, 0.0), axis=1)
+    t = kth_smallest(d2, others, m - 1)
+    below = others & (d2 < t[None, :])
+    count = jnp.sum(below.astype(jnp.int32), axis=0)
+    score = jnp.sum(jnp.where(below, d2, 0.0), axis=0) + t * (m - count).astype(jnp.float32)
+    score = jnp.where(n > 1, score, 0.0)  # a lone update has no neighbours: it is chosen
     return jnp.where(present, score, jnp.inf)
+
+
+def _sorted_neighbours(d2: jax.Array, present: jax.Array):
+    """Each row's present others sorted by distance (``order``, ``dist``; absent and self
+    last, at ``inf``): sorted once, then any candidate subset's Krum scores cost O(K^2)."""
+    k = d2.shape[0]
+    others = present[None, :] & present[:, None] & ~jnp.eye(k, dtype=bool)
+    masked = jnp.where(others, d2, jnp.inf)
+    order = jnp.argsort(masked, axis=1)
+    return order, jnp.take_along_axis(masked, order, axis=1)
+
+
+def _subset_scores(order, dist, left: jax.Array, f: int) -> jax.Array:
+    """Krum scores within the candidate set ``left`` from :func:`_sorted_neighbours`."""
+    n = jnp.sum(left.astype(jnp.int32))
+    ok = left[order] & jnp.isfinite(dist)
+    m = jnp.maximum(n - f - 2, 1)
+    take = ok & (jnp.cumsum(ok.astype(jnp.int32), axis=1) <= m)
+    return jnp.where(left, jnp.sum(jnp.where(take, dist, 0.0), axis=1), jnp.inf)
 
 
 def _finish(v: jax.Array, unravel, like: PyTree) -> PyTree:
@@ -169,11 +245,8 @@ def trimmed_mean(trim: float = 0.1) -> Aggregator:
         present = _present(weights, x.shape[0])
         n = jnp.sum(present.astype(jnp.int32))
         b = jnp.floor(trim * n).astype(jnp.int32)
-        s = _sorted_present(x, present)
-        rank = jnp.arange(x.shape[0])[:, None]
-        keep = (rank >= b) & (rank < n - b)
-        total = jnp.sum(jnp.where(keep, s, 0.0), axis=0)
-        v = total / jnp.maximum(n - 2 * b, 1).astype(jnp.float32)
+        v = trimmed_sum(x, present, b) / jnp.maximum(n - 2 * b, 1).astype(jnp.float32)
+        v = jnp.where(n > 0, v, 0.0)
         return _finish(v, unravel, updates), state
 
     return Aggregator("trimmed_mean", _stateless(update), {"trim": float(trim)})
@@ -258,25 +331,29 @@ def bulyan(f: int = 1) -> Aggregator:
         present = _present(weights, k)
         n = jnp.sum(present.astype(jnp.int32))
         theta = jnp.maximum(n - 2 * f, 1)
-        d2 = pairwise_sq_distances(x)
+        order, dist = _sorted_neighbours(pairwise_sq_distances(x), present)
 
         def pick(i, carry):
             chosen, left = carry
-            scores = krum_scores(d2, left, f)
-            best = jnp.argmin(scores)
+            best = jnp.argmin(_subset_scores(order, dist, left, f))
             go = (i < theta) & jnp.any(left)
             chosen = chosen.at[best].set(chosen[best] | go)
             left = left.at[best].set(left[best] & ~go)
             return chosen, left
 
-        chosen, _ = jax.lax.fori_loop(0, k, pick, (jnp.zeros((k,), bool), present))
+        chosen, _ = jax.lax.fori_loop(0, max(k - 2 * f, 1), pick,
+                                      (jnp.zeros((k,), bool), present))  # fmt: skip
         med = masked_median(x, chosen)
         beta = jnp.maximum(theta - 2 * f, 1)
-        # the beta values closest to the median: the first beta of |x - med| sorted
-        gap = jnp.where(chosen[:, None], jnp.abs(x - med[None, :]), jnp.inf)
-        vals = jnp.take_along_axis(x, jnp.argsort(gap, axis=0), axis=0)
-        take = jnp.arange(k)[:, None] < beta
-        v = jnp.sum(jnp.where(take, vals, 0.0), axis=0) / beta.astype(jnp.float32)
+        # the beta values closest to the median (ties to the lower slot, as a stable sort)
+        gap = jnp.abs(x - med[None, :])
+        t = kth_smallest(gap, chosen, beta - 1)
+        c = chosen[:, None]
+        inside = c & (gap < t[None, :])
+        tied = c & (gap == t[None, :])
+        room = beta - jnp.sum(inside.astype(jnp.int32), axis=0)
+        take = inside | (tied & (jnp.cumsum(tied.astype(jnp.int32), axis=0) <= room[None, :]))
+        v = jnp.sum(jnp.where(take, x, 0.0), axis=0) / beta.astype(jnp.float32)
         return _finish(v, unravel, updates), RobustState(state.memory, chosen)
 
     def enough(k):
