@@ -15,6 +15,8 @@ def _scalars(entry: dict) -> dict[str, float]:
     out = {k: float(v) for k, v in entry["metrics"].items() if isinstance(v, int | float)}
     out["bytes_up"] = float(entry["bytes_up"])
     out["bytes_down"] = float(entry["bytes_down"])
+    if "rejected" in entry:  # updates dropped by fault isolation so far
+        out["rejected_updates"] = float(entry["rejected"]["total"])
     return out
 
 
