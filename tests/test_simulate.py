@@ -44,7 +44,10 @@ def test_history_contract(setup):
     result = _run(setup, rounds=5, eval_every=2)
     assert [h["round"] for h in result.history] == [0, 2, 4, 5]
     last = result.history[-1]
-    assert set(last) == {"round", "metrics", "client_metrics", "bytes_up", "bytes_down"}
+    assert set(last) == {"round", "metrics", "client_metrics", "bytes_up", "bytes_down",
+                         "rejected"}  # fmt: skip
+    assert last["rejected"] == {"total": 0, "per_client": [0] * fed.num_clients,
+                                "rounds": [[]]}  # fmt: skip
     assert len(last["client_metrics"]["test_accuracy"]) == fed.num_clients
     assert sum(last["client_metrics"]["participation"]) == 5 * 3
     assert last["bytes_up"] == last["bytes_down"] == 5 * 3 * 4 * result.num_params

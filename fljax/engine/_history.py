@@ -165,6 +165,15 @@ class Recorder:
         log.block = {}
         if not isinstance(metrics.rejected, tuple):  # fault isolation (synchronous rounds)
             rejected = np.asarray(metrics.rejected, bool).reshape(ids.shape)
+            useless = rejected.any(axis=1) & ~took_part.any(axis=1)
+            if np.any(useless):  # a round where every update sent was rejected
+                bad = start + int(np.argmax(useless)) + 1
+                which = f"seed {log.seed}, " if self.multi else ""
+                raise NonFiniteUpdateError(
+                    f"{which}round {bad}: every client update was rejected (non-finite, or "
+                    f"longer than reject_norm): nothing to aggregate; lower the learning rates "
+                    f"or raise reject_norm. Metrics up to round {start} were kept."
+                )
             sent = took_part | rejected
             per_client = np.asarray(log.totals["rejected"], np.int64)
             np.add.at(per_client, ids[rejected], 1)

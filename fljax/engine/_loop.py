@@ -160,7 +160,8 @@ class RunArgs:
         reject_norm: per-client fault isolation always drops a non-finite update from the
             round's aggregate (counted in ``history[...]["rejected"]``) instead of stopping
             the run; with ``reject_norm`` updates longer than it are dropped too.
-            ``NonFiniteUpdateError`` remains for a non-finite aggregate.
+            ``NonFiniteUpdateError`` remains for a non-finite aggregate and for a round in
+            which every update sent was rejected (nothing to aggregate).
     """
 
     algorithm: Any
