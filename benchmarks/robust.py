@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +26,9 @@ import fljax
 from fljax.data import ClientData
 from fljax.engine import build_block, build_round
 from fljax.engine._round import initial_state
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from throughput import best_time  # noqa: E402  (the same best-of-n timer)
 
 RULES = {
     "fedavg": None,
@@ -37,15 +42,6 @@ RULES = {
     "norm_bounding": dict(name="norm_bounding", max_norm=1.0),
     "cc+bucketing": dict(name="centered_clipping", tau=1.0, bucket_size=2),
 }
-
-
-def best_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def main(argv=None) -> dict:

@@ -76,6 +76,13 @@ def _present(weights: jax.Array | None, k: int) -> jax.Array:
     return weights > 0
 
 
+def _cohort(updates: PyTree, weights: jax.Array | None):
+    """``(X[K, d], unravel, present[K], n)`` of a cohort."""
+    x, unravel = flatten(updates)
+    present = _present(weights, x.shape[0])
+    return x, unravel, present, jnp.sum(present.astype(jnp.int32))
+
+
 _TOP = 0x80000000
 
 
@@ -281,10 +288,8 @@ def krum(f: int = 1, m: int | None = 1) -> Aggregator:
 
     def update(updates, state, params=None, *, key=None, weights=None, **extra):
         del params, key, extra
-        x, unravel = flatten(updates)
+        x, unravel, present, n = _cohort(updates, weights)
         k = x.shape[0]
-        present = _present(weights, k)
-        n = jnp.sum(present.astype(jnp.int32))
         scores = krum_scores(pairwise_sq_distances(x), present, f)
         rank = jnp.zeros((k,), jnp.int32).at[jnp.argsort(scores)].set(jnp.arange(k))
         count = jnp.maximum(n - f, 1) if m is None else m
@@ -326,10 +331,8 @@ def bulyan(f: int = 1) -> Aggregator:
 
     def update(updates, state, params=None, *, key=None, weights=None, **extra):
         del params, key, extra
-        x, unravel = flatten(updates)
+        x, unravel, present, n = _cohort(updates, weights)
         k = x.shape[0]
-        present = _present(weights, k)
-        n = jnp.sum(present.astype(jnp.int32))
         theta = jnp.maximum(n - 2 * f, 1)
         order, dist = _sorted_neighbours(pairwise_sq_distances(x), present)
 
