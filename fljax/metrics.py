@@ -74,6 +74,12 @@ def specificity(logits, labels, mask=None) -> jax.Array:
 
 def binary_scores(logits: jax.Array) -> jax.Array:
     """Positive-class score of binary logits ``[N, 2]`` (a monotone map of P(y = 1))."""
+    shape = jnp.shape(logits)
+    if len(shape) < 2 or shape[-1] != 2:
+        raise ValueError(f"binary metrics take the model's logits [N, 2], got shape {shape}; "
+                         "for one score per example (a probability or a logit of class 1) "
+                         "use fljax.metrics.auroc_scores / auprc_scores(scores, "
+                         "labels)")  # fmt: skip
     return logits[..., 1] - logits[..., 0]
 
 

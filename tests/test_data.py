@@ -190,3 +190,21 @@ def test_labels_the_task_would_change_are_refused_naming_the_client():
     for kw, ys, match in cases:
         with pytest.raises(ValueError, match=match):
             fljax.data.from_client_arrays(x, ys, x, ys, **kw)
+
+
+def test_silent_conversions_are_refused():
+    """Issue 19, item 7: an infinite learning rate, a seed beyond 64 bits and 1-D scores given
+    to a binary metric each get an error naming the field and the fix."""
+    with pytest.raises(ValueError, match="client_lr must be a positive finite number"):
+        fljax.algorithms.get("fedavg", client_lr=float("inf"), local_epochs=1, batch_size=8)
+    y = np.array([0, 1, 1, 0])
+    for fn in (fljax.metrics.auroc, fljax.metrics.auprc):
+        with pytest.raises(ValueError, match="use fljax.metrics.auroc_scores"):
+            fn(np.array([0.1, 0.9, 0.8, 0.3]), y)
+    fed = fljax.data.load("breast_cancer", num_clients=2, partition="iid", seed=0)
+    model = fljax.models.get("logistic", num_classes=2)
+    algo = fljax.algorithms.get("fedavg", client_lr=0.1, local_epochs=1, batch_size=8)
+    with pytest.raises(ValueError, match="seed must fit in a signed 64-bit integer"):
+        fljax.simulate(algo, model, fed, rounds=1, clients_per_round=2, seed=2**70)
+    with pytest.raises(ValueError, match="below 2\\*\\*63"):
+        fljax.simulate(algo, model, fed, rounds=1, clients_per_round=2, seeds=[0, 2**64])

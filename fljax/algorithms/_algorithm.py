@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -111,10 +112,11 @@ def _positive(name: str, value, *, integer: bool = False, allow_none: bool = Fal
     if isinstance(value, jax.core.Tracer):  # a swept value, checked concretely before tracing
         return value
     ok = isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+    ok = ok and math.isfinite(value)
     if integer:
         ok = ok and float(value).is_integer()
     if not ok:
-        kind = "a positive integer" if integer else "a positive number"
+        kind = "a positive integer" if integer else "a positive finite number"
         raise ValueError(f"{name} must be {kind}, got {value!r}")
     return int(value) if integer else float(value)
 

@@ -278,8 +278,11 @@ def validate_arguments(algorithm, model, data, rounds, clients_per_round, eval_e
             f"clients_per_round must be an integer in [1, num_clients={data.num_clients}], "
             f"got {clients_per_round!r}"
         )
-    if not isinstance(seed, int | np.integer):
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
         raise ValueError(f"seed must be an integer, got {seed!r}")
+    if not -(2**63) <= int(seed) < 2**63:
+        raise ValueError(f"seed must fit in a signed 64-bit integer (|seed| < 2**63), got "
+                         f"{seed}")  # fmt: skip
     if int(data.test.num_examples.sum()) == 0:
         raise ValueError("the federation has no test examples (test_fraction=0?)")
     if isinstance(algorithm.local_steps, tuple):

@@ -17,8 +17,8 @@ def check_seeds(seeds) -> None:
     if isinstance(seeds, str | bytes) or not len(seeds):
         raise ValueError(f"seeds must be a non-empty list of integers, got {seeds!r}")
     for s in seeds:
-        if isinstance(s, bool) or not isinstance(s, int | np.integer) or s < 0:
-            raise ValueError(f"seeds must hold non-negative integers, got {s!r}")
+        if isinstance(s, bool) or not isinstance(s, int | np.integer) or not 0 <= s < 2**63:
+            raise ValueError(f"seeds must hold non-negative integers below 2**63, got {s!r}")
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct, got {list(seeds)}")
 
