@@ -185,12 +185,9 @@ def simulate(
         client_map: ``"vmap"``, ``"device_vmap"``, ``"sequential"`` or ``"auto"`` (the
             fastest, timed on the run's first round): how clients are mapped (the same result
             up to float rounding; speed differs by model and device).
-        aggregator: a robust :class:`fljax.aggregate.Aggregator` (``fljax.aggregate.get``)
-            replacing the weighted mean; selection rules record whom they kept (``robust``).
-        attack: a :class:`fljax.attacks.Attack` (``fljax.attacks.get``): malicious clients
-            poisoning their data and / or their updates; entries carry ``attack``.
-        reject_norm: a non-finite update is always dropped from its round's aggregate and
-            counted (``history[...]["rejected"]``); updates longer than this are dropped too.
+        aggregator, attack: a robust aggregator (``fljax.aggregate.get``) replacing the
+            weighted mean; poisoning by malicious clients (``fljax.attacks.get``).
+        reject_norm: non-finite updates are dropped and counted (``"rejected"``); so are these.
 
     Returns:
         A :class:`SimulationResult` (a list of them with ``seeds`` or ``sweep``).
