@@ -20,9 +20,11 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from fljax._base import Transform
+from fljax._base import Transform, lookup
+from fljax.aggregate._mean import normalize_weighted_sum, weighted_mean, weighted_sum
 
 PyTree = Any
+BUCKET_FOLD = 7  # fold_in(aggregation key, 7): bucketing's shuffle of the cohort
 
 
 class RobustState(NamedTuple):
@@ -74,6 +76,23 @@ def _present(weights: jax.Array | None, k: int) -> jax.Array:
     if weights is None:
         return jnp.ones((k,), bool)
     return weights > 0
+
+
+def _weights(weights: jax.Array | None, k: int) -> jax.Array:
+    """The aggregation weights as float32 (all 1 when none are given)."""
+    return jnp.ones((k,)) if weights is None else weights.astype(jnp.float32)
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _others(present: jax.Array) -> jax.Array:
+    """``[K, K]``: both present and not the same client (the pairs Krum scores over)."""
+    k = present.shape[0]
+    return present[None, :] & present[:, None] & ~jnp.eye(k, dtype=bool)
 
 
 def _cohort(updates: PyTree, weights: jax.Array | None):
@@ -171,9 +190,8 @@ def krum_scores(d2: jax.Array, present: jax.Array, f: int) -> jax.Array:
     ``inf`` for absent clients. Each row's :math:`m`-th smallest distance ``t`` by exact
     selection (:func:`kth_smallest`; ``d2`` is symmetric, so columns are rows), then the sum
     of the distances below ``t`` plus ``t`` for the remaining ties: no sort of the rows."""
-    k = d2.shape[0]
     n = jnp.sum(present.astype(jnp.int32))
-    others = present[None, :] & present[:, None] & ~jnp.eye(k, dtype=bool)
+    others = _others(present)
     m = jnp.maximum(n - f - 2, 1)
     t = kth_smallest(d2, others, m - 1)
     below = others & (d2 < t[None, :])
@@ -186,9 +204,7 @@ def krum_scores(d2: jax.Array, present: jax.Array, f: int) -> jax.Array:
 def _sorted_neighbours(d2: jax.Array, present: jax.Array):
     """Each row's present others sorted by distance (``order``, ``dist``; absent and self
     last, at ``inf``): sorted once, then any candidate subset's Krum scores cost O(K^2)."""
-    k = d2.shape[0]
-    others = present[None, :] & present[:, None] & ~jnp.eye(k, dtype=bool)
-    masked = jnp.where(others, d2, jnp.inf)
+    masked = jnp.where(_others(present), d2, jnp.inf)
     order = jnp.argsort(masked, axis=1)
     return order, jnp.take_along_axis(masked, order, axis=1)
 
@@ -229,8 +245,8 @@ def median() -> Aggregator:
 
     def update(updates, state, params=None, *, key=None, weights=None, **extra):
         del params, key, extra
-        x, unravel = flatten(updates)
-        return _finish(masked_median(x, _present(weights, x.shape[0])), unravel, updates), state
+        x, unravel, present, _ = _cohort(updates, weights)
+        return _finish(masked_median(x, present), unravel, updates), state
 
     return Aggregator("median", _stateless(update), {})
 
@@ -248,9 +264,7 @@ def trimmed_mean(trim: float = 0.1) -> Aggregator:
 
     def update(updates, state, params=None, *, key=None, weights=None, **extra):
         del params, key, extra
-        x, unravel = flatten(updates)
-        present = _present(weights, x.shape[0])
-        n = jnp.sum(present.astype(jnp.int32))
+        x, unravel, present, n = _cohort(updates, weights)
         b = jnp.floor(trim * n).astype(jnp.int32)
         v = trimmed_sum(x, present, b) / jnp.maximum(n - 2 * b, 1).astype(jnp.float32)
         v = jnp.where(n > 0, v, 0.0)
@@ -282,9 +296,8 @@ def krum(f: int = 1, m: int | None = 1) -> Aggregator:
         Gradient Descent", NeurIPS, Sec. 4 (Krum) and Sec. 5 (Multi-Krum).
     """
     f = _check_f("krum", f)
-    if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
-        raise ValueError(f"krum: m (updates averaged) must be a positive integer or None, "
-                         f"got {m!r}")  # fmt: skip
+    if m is not None:
+        _positive_int("krum: m (updates averaged; or None)", m)
 
     def update(updates, state, params=None, *, key=None, weights=None, **extra):
         del params, key, extra
@@ -381,17 +394,14 @@ def geometric_median(iterations: int = 3, nu: float = 1e-6) -> Aggregator:
         Pillutla, Kakade and Harchaoui (2022), "Robust Aggregation for Federated Learning",
         IEEE TSP, Algorithm 2 (smoothed Weiszfeld), Eq. (6).
     """
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-        raise ValueError(f"geometric_median: iterations must be a positive integer, got "
-                         f"{iterations!r}")  # fmt: skip
+    _positive_int("geometric_median: iterations", iterations)
     if not nu > 0:
         raise ValueError(f"geometric_median: nu must be > 0, got {nu!r}")
 
     def update(updates, state, params=None, *, key=None, weights=None, **extra):
         del params, key, extra
         x, unravel = flatten(updates)
-        k = x.shape[0]
-        alpha = jnp.ones((k,)) if weights is None else weights.astype(jnp.float32)
+        alpha = _weights(weights, x.shape[0])
         alpha = alpha / jnp.maximum(jnp.sum(alpha), 1e-30)
         v0 = alpha @ x
 
@@ -425,9 +435,7 @@ def centered_clipping(tau: float = 1.0, iterations: int = 1) -> Aggregator:
     """
     if not tau > 0:
         raise ValueError(f"centered_clipping: tau must be > 0, got {tau!r}")
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-        raise ValueError(f"centered_clipping: iterations must be a positive integer, got "
-                         f"{iterations!r}")  # fmt: skip
+    _positive_int("centered_clipping: iterations", iterations)
 
     def init(params):
         flat, _ = ravel_pytree(params)
@@ -436,8 +444,7 @@ def centered_clipping(tau: float = 1.0, iterations: int = 1) -> Aggregator:
     def update(updates, state, params=None, *, key=None, weights=None, **extra):
         del params, key, extra
         x, unravel = flatten(updates)
-        k = x.shape[0]
-        w = jnp.ones((k,)) if weights is None else weights.astype(jnp.float32)
+        w = _weights(weights, x.shape[0])
         total = jnp.sum(w)
         p = jnp.where(total > 0, w / jnp.where(total > 0, total, 1.0), 0.0)
 
@@ -504,15 +511,13 @@ def norm_bounding(max_norm: float = 1.0) -> Aggregator:
 
     def update(updates, state, params=None, *, key=None, weights=None, **extra):
         del params, key, extra
-        x, unravel = flatten(updates)
-        w = jnp.ones((x.shape[0],)) if weights is None else weights.astype(jnp.float32)
+        x, _ = flatten(updates)
+        w = _weights(weights, x.shape[0])
         norms = jnp.sqrt(jnp.sum(x * x, axis=1))
         scale = 1.0 / jnp.maximum(1.0, norms / max_norm)
         bounded = jax.tree.map(
             lambda d: d * scale.reshape((-1,) + (1,) * (d.ndim - 1)).astype(d.dtype), updates
         )
-        from fljax.aggregate._mean import normalize_weighted_sum, weighted_sum
-
         return normalize_weighted_sum(weighted_sum(bounded, w), w, bounded), state
 
     return Aggregator("norm_bounding", _stateless(update), {"max_norm": float(max_norm)},
@@ -573,18 +578,16 @@ def bucketing(inner: Aggregator, bucket_size: int = 2) -> Aggregator:
         Karimireddy, He and Jaggi (2022), "Byzantine-Robust Learning on Heterogeneous
         Datasets via Bucketing", ICLR, Algorithm 1.
     """
-    if isinstance(bucket_size, bool) or not isinstance(bucket_size, int) or bucket_size < 1:
-        raise ValueError(f"bucketing: bucket_size must be a positive integer, got "
-                         f"{bucket_size!r}")  # fmt: skip
+    _positive_int("bucketing: bucket_size", bucket_size)
     s = bucket_size
     t = inner.transform
 
     def update(updates, state, params=None, *, key=None, weights=None, **extra):
         x, unravel = flatten(updates)
         k = x.shape[0]
-        w = jnp.ones((k,)) if weights is None else weights.astype(jnp.float32)
+        w = _weights(weights, k)
         present = w > 0
-        noise = jax.random.uniform(jax.random.fold_in(key, 7), (k,))
+        noise = jax.random.uniform(jax.random.fold_in(key, BUCKET_FOLD), (k,))
         order = jnp.argsort(jnp.where(present, noise, 2.0))  # present first, shuffled
         nb = -(-k // s)
         pad = nb * s - k
@@ -620,7 +623,7 @@ def bucketing(inner: Aggregator, bucket_size: int = 2) -> Aggregator:
 # --- the registry ---------------------------------------------------------------------------
 
 _REGISTRY: dict[str, Callable[..., Aggregator]] = {
-    "mean": lambda: Aggregator("mean", _mean_transform(), {}, weighted=True),
+    "mean": lambda: Aggregator("mean", weighted_mean(), {}, weighted=True),
     "median": median,
     "trimmed_mean": trimmed_mean,
     "krum": krum,
@@ -631,12 +634,6 @@ _REGISTRY: dict[str, Callable[..., Aggregator]] = {
     "norm_bounding": norm_bounding,
     "fltrust": fltrust,
 }
-
-
-def _mean_transform() -> Transform:
-    from fljax.aggregate._mean import weighted_mean
-
-    return weighted_mean()
 
 
 def names() -> list[str]:
@@ -653,8 +650,6 @@ def get(name: str, bucket_size: int | None = None, **kwargs) -> Aggregator:
         >>> fljax.aggregate.get("krum", f=1).hparams
         {'f': 1, 'm': 1}
     """
-    from fljax._base import lookup
-
     agg = lookup("aggregator", _REGISTRY, name, kwargs)(**kwargs)
     if bucket_size is not None and bucket_size != 1:
         agg = bucketing(agg, bucket_size)

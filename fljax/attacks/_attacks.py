@@ -110,6 +110,16 @@ def _replace(x, malicious, crafted_row):
     return jnp.where(malicious[:, None], crafted_row[None, :], x)
 
 
+def _scaled(factor: float) -> Callable:
+    """The craft sending ``factor`` times one's own honest update."""
+
+    def craft(x, malicious, benign, key):
+        del benign, key
+        return jnp.where(malicious[:, None], factor * x, x)
+
+    return craft
+
+
 # --- model poisoning: one's own update ----------------------------------------------------
 
 
@@ -122,13 +132,8 @@ def sign_flip(fraction=None, ids=None, seed: int = 0, scale: float = 1.0) -> Att
         Descent", ICLR (the sign-flipping attack of their experiments); Karimireddy et al.
         (2021), Sec. 6.
     """
-
-    def craft(x, malicious, benign, key):
-        del benign, key
-        return jnp.where(malicious[:, None], -scale * x, x)
-
     return Attack("sign_flip", *_who("sign_flip", fraction, ids, seed), {"scale": scale},
-                  craft=craft)  # fmt: skip
+                  craft=_scaled(-scale))  # fmt: skip
 
 
 def scaling(fraction=None, ids=None, seed: int = 0, scale: float = 10.0) -> Attack:
@@ -139,13 +144,8 @@ def scaling(fraction=None, ids=None, seed: int = 0, scale: float = 10.0) -> Atta
         Bagdasaryan et al. (2020), "How To Backdoor Federated Learning", AISTATS, Eq. (3):
         :math:`\tilde L = \gamma (X - G^t) + G^t`, :math:`\gamma = n / \eta`.
     """
-
-    def craft(x, malicious, benign, key):
-        del benign, key
-        return jnp.where(malicious[:, None], scale * x, x)
-
     return Attack("scaling", *_who("scaling", fraction, ids, seed), {"scale": scale},
-                  craft=craft)  # fmt: skip
+                  craft=_scaled(scale))  # fmt: skip
 
 
 def gaussian(fraction=None, ids=None, seed: int = 0, sigma: float = 1.0) -> Attack:
@@ -361,9 +361,8 @@ def trigger_value_of(trigger_value: float | None, data) -> float:
     """The trigger's value: as given, else the largest real training input of ``data``."""
     if trigger_value is not None:
         return float(trigger_value)
-    x, _, n = (np.asarray(a) for a in data.train)
-    real = np.arange(x.shape[1])[None, :] < n[:, None]
-    return float(np.max(x[real]))
+    train = type(data.train)(*(np.asarray(a) for a in data.train))
+    return float(np.max(train.x[train.mask]))
 
 
 def backdoor(fraction=None, ids=None, seed: int = 0, target: int = 0,
@@ -398,20 +397,15 @@ def backdoor(fraction=None, ids=None, seed: int = 0, target: int = 0,
                              f"{data.name!r} (0..{data.num_classes - 1})")  # fmt: skip
         x, y, n = (np.asarray(a) for a in data.train)
         x, y = np.array(x, copy=True), np.array(y, copy=True)
+        value = trigger_value_of(trigger_value, data)  # once, from the clean data
         for c in np.flatnonzero(malicious):
             k = int(math.ceil(poison_fraction * int(n[c])))
             rows = rng.choice(int(n[c]), size=k, replace=False)
-            x[c, rows] = trigger(x[c, rows], data)
+            x[c, rows] = triggered(x[c, rows], trigger_size, value)
             y[c, rows] = target
         return dataclasses.replace(data, train=type(data.train)(x, y, n))
 
-    craft = None
-    if scale != 1.0:
-
-        def craft(x, malicious, benign, key):
-            del benign, key
-            return jnp.where(malicious[:, None], scale * x, x)
-
+    craft = None if scale == 1.0 else _scaled(scale)  # model replacement
     hp = {"target": target, "poison_fraction": poison_fraction, "trigger_size": trigger_size,
           "trigger_value": trigger_value, "scale": scale}  # fmt: skip
     return Attack("backdoor", *_who("backdoor", fraction, ids, seed), hp, poison=poison,

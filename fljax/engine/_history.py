@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from fljax.engine._state import NonFiniteUpdateError, RoundMetrics
@@ -75,6 +76,15 @@ def _ids_where(ids: np.ndarray, flags: np.ndarray) -> list:
     """Per round of a block, the client ids whose flag is set (ascending)."""
     return [sorted(int(c) for c in i[f]) for i, f in zip(ids.reshape(flags.shape), flags,
                                                            strict=True)]  # fmt: skip
+
+
+def _tally(log: RunLog, name: str, ids: np.ndarray, flags: np.ndarray) -> None:
+    """Adds the flagged clients of a block to ``log.totals[name]`` (per client) and lists them
+    per round in ``log.block[name]``."""
+    per_client = np.asarray(log.totals[name], np.int64)
+    np.add.at(per_client, ids[flags], 1)
+    log.totals[name] = per_client.tolist()
+    log.block[name] = _ids_where(ids, flags)
 
 
 def stack_rounds(blocks: list, k: int, dtype) -> np.ndarray:
@@ -175,16 +185,9 @@ class Recorder:
                     f"or raise reject_norm. Metrics up to round {start} were kept."
                 )
             sent = took_part | rejected
-            per_client = np.asarray(log.totals["rejected"], np.int64)
-            np.add.at(per_client, ids[rejected], 1)
-            log.totals["rejected"] = per_client.tolist()
-            log.block["rejected"] = _ids_where(ids, rejected)
+            _tally(log, "rejected", ids, rejected)
         if not isinstance(metrics.kept, tuple):  # a selection-based robust aggregator
-            kept = np.asarray(metrics.kept, bool).reshape(ids.shape)
-            per_client = np.asarray(log.totals["kept"], np.int64)
-            np.add.at(per_client, ids[kept], 1)
-            log.totals["kept"] = per_client.tolist()
-            log.block["kept"] = _ids_where(ids, kept)
+            _tally(log, "kept", ids, np.asarray(metrics.kept, bool).reshape(ids.shape))
         log.selected.append(ids)
         log.contributed.append(took_part)
         log.num_steps.append(np.asarray(metrics.num_steps))
@@ -258,11 +261,9 @@ def robust_records(aggregator, attack, malicious, clean, model, mode) -> list:
 def backdoor_scorer(attack, clean, model):
     """``params -> ()``: the fraction of triggered test inputs whose label is not the target
     that the model classifies as the target (the backdoor's attack success rate)."""
-    import jax.numpy as jnp
-
-    x, y, n = (np.asarray(a) for a in clean.test)
-    real = (np.arange(x.shape[1])[None, :] < n[:, None]) & (y != attack.target)
-    xs = jnp.asarray(attack.trigger(x[real], clean))
+    test = type(clean.test)(*(np.asarray(a) for a in clean.test))
+    real = test.mask & (test.y != attack.target)
+    xs = jnp.asarray(attack.trigger(test.x[real], clean))
 
     @jax.jit
     def score(params):

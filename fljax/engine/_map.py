@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
 from fljax._devices import CLIENT_AXIS, client_sharding
+from fljax.engine._robust import zero_rejected
 
 PyTree = Any
 
@@ -105,8 +106,6 @@ class ClientMap(NamedTuple):
             deltas, ts = jax.vmap(transform)(out.delta, ts, tk)
             ok = jnp.ones(w.shape, bool)
             if accept is not None:
-                from fljax.engine._robust import zero_rejected
-
                 ok = accept(deltas)
                 deltas, w = zero_rejected(deltas, ok), jnp.where(ok, w, 0.0)
             return linear.chunk_sum(deltas, w, out.num_steps), out._replace(delta=()), ts, ok

@@ -11,6 +11,7 @@ from fljax.aggregate._robust import RobustState
 from fljax.engine._client_chain import chain_fn, chain_inputs
 from fljax.engine._context import RoundCtx, Stage
 from fljax.engine._map import ClientMap
+from fljax.engine._robust import isolate
 from fljax.engine._train import client_inputs, trainer
 
 
@@ -71,8 +72,6 @@ def streamed_training(client_update, transform: Transform, aggregator: Transform
         )  # fmt: skip
         aggregate = linear.finish(total, state.params)
         ctx = ctx._replace(out=out, transform_states=t_states, aggregate=aggregate)
-        if accept is not None:
-            ctx = ctx._replace(rejected=ctx.contributed & ~ok, contributed=ctx.contributed & ok)
-        return state, ctx
+        return state, ctx if accept is None else isolate(ctx, ok)
 
     return Stage("streamed_training", apply)

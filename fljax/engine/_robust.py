@@ -87,6 +87,11 @@ def zero_rejected(deltas, ok: jax.Array):
     return jax.tree.map(z, deltas)
 
 
+def isolate(ctx: RoundCtx, ok: jax.Array) -> RoundCtx:
+    """``ctx`` with the contributors whose message is not ``ok`` moved to ``ctx.rejected``."""
+    return ctx._replace(rejected=ctx.contributed & ~ok, contributed=ctx.contributed & ok)
+
+
 def reject_updates(reject_norm: float | None) -> Stage:
     """Per-client fault isolation: a contributor whose message is non-finite (or longer than
     ``reject_norm``) is dropped from the aggregate (weight 0, message zeroed, its per-client
@@ -96,13 +101,9 @@ def reject_updates(reject_norm: float | None) -> Stage:
 
     def apply(state, ctx: RoundCtx):
         ok = check(ctx.deltas)
-        rejected = ctx.contributed & ~ok
-        return state, ctx._replace(
-            deltas=zero_rejected(ctx.deltas, ok),
-            weights=jnp.where(ok, ctx.weights, 0.0),
-            contributed=ctx.contributed & ok,
-            rejected=rejected,
-        )
+        ctx = ctx._replace(deltas=zero_rejected(ctx.deltas, ok),
+                           weights=jnp.where(ok, ctx.weights, 0.0))  # fmt: skip
+        return state, isolate(ctx, ok)
 
     return Stage("reject_updates", apply)
 
@@ -126,9 +127,8 @@ def root_client(root: tuple, like: ClientData) -> ClientData:
 
 def sample_root(train: ClientData, size: int, rng: np.random.Generator) -> tuple:
     """``size`` examples drawn without replacement from the pooled real training examples."""
-    x, y, n = (np.asarray(a) for a in train)
-    mask = np.arange(x.shape[1])[None, :] < n[:, None]
-    xs, ys = x[mask], y[mask]
+    train = ClientData(*(np.asarray(a) for a in train))
+    xs, ys = train.x[train.mask], train.y[train.mask]
     if size > xs.shape[0]:
         raise ValueError(f"fltrust root_size={size} exceeds the federation's {xs.shape[0]} "
                          "training examples")  # fmt: skip
