@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
+import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,20 +19,30 @@ CHECKPOINT_DIR = "checkpoint"
 
 
 class MetricsWriter:
-    """Appends each history entry to ``metrics.jsonl`` and flushes it to disk at once.
+    """Appends each history entry to ``metrics.jsonl`` and makes it durable at once.
 
-    With ``keep_until`` (resuming), lines up to that round are kept and later ones dropped.
+    A fresh run refuses a ``metrics.jsonl`` that holds entries (never overwritten). Resuming
+    (``resume=True``), the file is left as it is until the first new entry arrives; that
+    entry's round ``r`` then replaces the lines of rounds ``>= r`` (those written after the
+    saved step the run continues from), atomically. Nothing is touched by a resume that
+    fails before it computes a new round.
     """
 
-    def __init__(self, run_dir: str | os.PathLike, keep_until: int | None = None):
+    def __init__(self, run_dir: str | os.PathLike, resume: bool = False):
         self.path = Path(run_dir) / METRICS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        kept = []
-        if keep_until is not None and self.path.exists():
-            kept = [e for e in read_metrics(run_dir) if e["round"] <= keep_until]
-        self.path.write_text("".join(json.dumps(e) + "\n" for e in kept))
+        self.resume = resume
+        self.wrote = False
+        if not resume and self.path.exists() and self.path.stat().st_size > 0:
+            raise FileExistsError(
+                f"{self.path} holds the metrics of another run; resume it, or remove it first"
+            )
 
     def __call__(self, entry: dict) -> None:
+        if not self.wrote and self.resume and self.path.exists():
+            kept = [e for e in read_metrics(self.path.parent) if e["round"] < entry["round"]]
+            write_atomic(self.path, "".join(json.dumps(e) + "\n" for e in kept))
+        self.wrote = True
         with self.path.open("a") as f:
             f.write(json.dumps(entry) + "\n")
             f.flush()
@@ -66,8 +79,15 @@ def load_params(run_dir: str | os.PathLike) -> Any:
     return ocp.StandardCheckpointer().restore(path)
 
 
+STEP_PREFIX = "step_"
+MANIFEST_FILE = "manifest.json"
 STATE_DIR = "state"
 PROGRESS_FILE = "progress.json"
+KEEP_STEPS = 2
+
+
+class CorruptCheckpointError(RuntimeError):
+    """A saved resume step whose files do not match the content hashes written with it."""
 
 
 def _is_key(x) -> bool:
@@ -76,46 +96,174 @@ def _is_key(x) -> bool:
     return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
-def save_state(directory: str | os.PathLike, state: Any, progress: dict) -> None:
-    """Saves a simulation's full state (any pytree; PRNG keys as their key data) with orbax,
-    and ``progress`` (JSON: history so far, per-round records) beside it, replacing the
-    previous checkpoint only once the new one is complete."""
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_durable(path: Path, text: str) -> None:
+    with path.open("w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Writes ``text`` to ``path`` through a temporary file made durable and renamed over it:
+    a reader sees the old file or the new one, never a torn one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    _write_durable(tmp, text)
+    os.replace(tmp, path)
+
+
+def remove_dir(path: Path) -> None:
+    """Deletes a folder by renaming it out of the way first, so that no half-deleted folder
+    keeps a valid name."""
+    trash = path.with_name(f".trash_{path.name}_{os.getpid()}")
+    os.rename(path, trash)
+    shutil.rmtree(trash)
+
+
+def step_rounds(directory: str | os.PathLike) -> list[int]:
+    """The rounds of the complete resume steps in ``directory``, newest first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    rounds = [int(p.name.removeprefix(STEP_PREFIX)) for p in directory.iterdir()
+              if p.is_dir() and p.name.startswith(STEP_PREFIX)
+              and p.name.removeprefix(STEP_PREFIX).isdigit()]  # fmt: skip
+    return sorted(rounds, reverse=True)
+
+
+def _step_dir(directory: Path, round_idx: int) -> Path:
+    return directory / f"{STEP_PREFIX}{round_idx:08d}"
+
+
+def save_state(directory: str | os.PathLike, state: Any, progress: dict,
+               keep: int = KEEP_STEPS) -> Path:  # fmt: skip
+    """Saves a simulation's full state (any pytree; PRNG keys as their key data, orbax) and
+    ``progress`` (JSON: the round, the history so far) as ONE step ``step_<round>``.
+
+    The step is written in a temporary folder with a manifest of the SHA-256 of every file,
+    made durable (fsync) and renamed into place in one atomic rename; only then are the
+    steps older than the newest ``keep`` removed. A kill at any point leaves the previous
+    complete step (and its manifest) in place.
+    """
     import jax
     import orbax.checkpoint as ocp
 
     directory = Path(directory).resolve()
     directory.mkdir(parents=True, exist_ok=True)
-    leaves = jax.tree.leaves(state)
-    arrays = {
-        f"leaf_{i:05d}": np.asarray(jax.random.key_data(x) if _is_key(x) else x)
-        for i, x in enumerate(leaves)
-    }
-    tmp = directory / (STATE_DIR + ".tmp")
+    round_idx = int(progress["round"])
+    arrays = {f"leaf_{i:05d}": np.asarray(jax.random.key_data(x) if _is_key(x) else x)
+              for i, x in enumerate(jax.tree.leaves(state))}  # fmt: skip
+    tmp = directory / f".{STEP_PREFIX}{round_idx:08d}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
     ckptr = ocp.StandardCheckpointer()
-    ckptr.save(tmp, arrays, force=True)
+    ckptr.save(tmp / STATE_DIR, arrays)
     ckptr.wait_until_finished()
-    (directory / (PROGRESS_FILE + ".tmp")).write_text(json.dumps(to_jsonable(progress)))
-    import shutil
+    _write_durable(tmp / PROGRESS_FILE, json.dumps(to_jsonable(progress)))
+    files = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+    _write_durable(tmp / MANIFEST_FILE, json.dumps({"round": round_idx, "sha256": files}))
+    _fsync_dir(tmp)
+    final = _step_dir(directory, round_idx)
+    if final.exists():  # the same round saved again (a resumed run's first step)
+        remove_dir(final)
+    os.rename(tmp, final)
+    _fsync_dir(directory)
+    for old in step_rounds(directory)[keep:]:
+        remove_dir(_step_dir(directory, old))
+    return final
 
-    shutil.rmtree(directory / STATE_DIR, ignore_errors=True)
-    tmp.rename(directory / STATE_DIR)
-    (directory / (PROGRESS_FILE + ".tmp")).replace(directory / PROGRESS_FILE)
+
+def verify_step(step: str | os.PathLike) -> dict:
+    """The progress of a saved step after checking every file against its manifest.
+
+    Raises:
+        CorruptCheckpointError: a file missing, added or changed, naming it and the step.
+    """
+    step = Path(step)
+    manifest_path = step / MANIFEST_FILE
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        expected = dict(manifest["sha256"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CorruptCheckpointError(f"{manifest_path}: unreadable manifest ({err})") from err
+    present = {str(p.relative_to(step)) for p in step.rglob("*") if p.is_file()}
+    present.discard(MANIFEST_FILE)
+    for name in sorted(present - expected.keys()):
+        raise CorruptCheckpointError(f"{step / name}: a file the step's manifest does not list")
+    for name, digest in sorted(expected.items()):
+        path = step / name
+        if not path.is_file():
+            raise CorruptCheckpointError(f"{path}: missing from step {step.name}")
+        if _sha256(path) != digest:
+            raise CorruptCheckpointError(
+                f"{path}: content differs from the hash saved with step {step.name} "
+                "(a flipped bit or an edit)"
+            )
+    progress = json.loads((step / PROGRESS_FILE).read_text())
+    if int(progress.get("round", -1)) != int(manifest.get("round", -2)):
+        raise CorruptCheckpointError(f"{step}: progress and manifest disagree on the round")
+    return progress
+
+
+def latest_step(directory: str | os.PathLike) -> tuple[Path, dict] | None:
+    """The newest step of ``directory`` whose files match their hashes and its progress
+    (``None`` when nothing was saved). A corrupt step is reported (a warning naming the file)
+    and the previous one used.
+
+    Raises:
+        CorruptCheckpointError: every saved step is corrupt.
+    """
+    directory = Path(directory)
+    errors = []
+    for r in step_rounds(directory):
+        step = _step_dir(directory, r)
+        try:
+            progress = verify_step(step)
+        except CorruptCheckpointError as err:
+            errors.append(str(err))
+            continue
+        if errors:
+            warnings.warn(
+                f"resume: {'; '.join(errors)}; falling back to step {step.name} (round {r})",
+                stacklevel=2,
+            )
+        return step, progress
+    if errors:
+        raise CorruptCheckpointError("no intact resume step: " + "; ".join(errors))
+    return None
 
 
 def load_state(directory: str | os.PathLike, like: Any) -> tuple[Any, dict] | None:
-    """Restores what :func:`save_state` wrote, shaped like the pytree ``like`` (None when
-    there is no checkpoint)."""
+    """Restores the newest intact step :func:`save_state` wrote (see :func:`latest_step`),
+    shaped like the pytree ``like``; ``None`` when there is no step."""
     import jax
     import orbax.checkpoint as ocp
 
-    directory = Path(directory).resolve()
-    if not (directory / STATE_DIR).exists() or not (directory / PROGRESS_FILE).exists():
+    found = latest_step(directory)
+    if found is None:
         return None
-    arrays = ocp.StandardCheckpointer().restore(directory / STATE_DIR)
+    step, progress = found
+    arrays = ocp.StandardCheckpointer().restore((step / STATE_DIR).resolve())
     leaves, treedef = jax.tree.flatten(like)
     if len(arrays) != len(leaves):
         raise ValueError(
-            f"checkpoint in {directory} has {len(arrays)} arrays but this run's state has "
+            f"checkpoint {step} has {len(arrays)} arrays but this run's state has "
             f"{len(leaves)}: it belongs to another configuration"
         )
     restored = []
@@ -125,9 +273,8 @@ def load_state(directory: str | os.PathLike, like: Any) -> tuple[Any, dict] | No
             restored.append(jax.random.wrap_key_data(a, impl=jax.random.key_impl(ref)))
         else:
             if a.shape != np.shape(ref):
-                raise ValueError(f"checkpoint in {directory} does not match this run's state")
+                raise ValueError(f"checkpoint {step} does not match this run's state")
             restored.append(a)
-    progress = json.loads((directory / PROGRESS_FILE).read_text())
     return jax.tree.unflatten(treedef, restored), progress
 
 

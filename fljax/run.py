@@ -22,13 +22,21 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from fljax._io import PROGRESS_FILE, SUMMARY_FILE, MetricsWriter, save_params, to_jsonable
+from fljax import _folder
+from fljax._folder import RESUME_DIR
+from fljax._io import (
+    SUMMARY_FILE,
+    MetricsWriter,
+    latest_step,
+    save_params,
+    to_jsonable,
+    write_atomic,
+)
 from fljax.metrics import HIGHER_IS_BETTER
 from fljax.models import load_weights
 from fljax.simulate import SimulationResult, auto_client_chunk, simulate
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
-RESUME_DIR = "resume"  # full simulation state at the last evaluation (orbax) + progress.json
 
 
 def _fmt(v) -> str:
@@ -147,28 +155,26 @@ def _run_folder(run_dir: Path, seed_, values) -> Path:
     return run_dir / ("seed_" + str(seed_) + "".join(f"_{k}_{v:g}" for k, v in values.items()))
 
 
-def _keep_until(run_dir: Path, state_dir: Path | None, resume: bool) -> int | None:
-    """The round the saved resume state is at (``None`` unless resuming)."""
-    if not resume:
-        return None
-    progress = state_dir / PROGRESS_FILE
-    if not progress.exists():
-        raise ValueError(f"resume=true but {run_dir} has no checkpoint ({progress})")
-    return int(json.loads(progress.read_text())["round"])
+class _Writer:
+    """The metrics writer(s): one ``metrics.jsonl`` per run folder (per seed / setting)."""
 
+    def __init__(self, run_dir: Path, runs: list, seeds, resume: bool):
+        if seeds is None:
+            self.writers = {None: MetricsWriter(run_dir, resume=resume)}
+        else:
+            self.writers = {(x, tuple(v.items())): MetricsWriter(_run_folder(run_dir, x, v),
+                                                                 resume=resume)
+                            for x, v in runs}  # fmt: skip
+        self.many = seeds is not None
 
-def _writers(cfg, run_dir: Path, runs: list, seeds, keep_until) -> tuple:
-    """The metrics writer(s) (one ``metrics.jsonl`` per run folder) and the loggers."""
-    if seeds is None:
-        return MetricsWriter(run_dir, keep_until=keep_until), _loggers(cfg, run_dir)
-    writers = {(x, tuple(v.items())): MetricsWriter(_run_folder(run_dir, x, v),
-                                                    keep_until=keep_until)
-               for x, v in runs}  # fmt: skip
+    def __call__(self, entry: dict) -> None:
+        key = (entry["seed"], tuple(entry.get("sweep", {}).items())) if self.many else None
+        self.writers[key](entry)
 
-    def writer(entry):
-        writers[(entry["seed"], tuple(entry.get("sweep", {}).items()))](entry)
-
-    return writer, []
+    @property
+    def wrote(self) -> bool:
+        """Whether any new entry was written (a resume that wrote none changed nothing)."""
+        return any(w.wrote for w in self.writers.values())
 
 
 def _summary_start(cfg: DictConfig, c: _Components) -> dict:
@@ -220,6 +226,12 @@ def _finished(cfg: DictConfig, data, res: SimulationResult, objective: str) -> d
     return out
 
 
+def _sample_std(values: list[float]) -> float:
+    """The sample standard deviation (ddof 1) of the finite values; 0.0 for one value."""
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], np.float64)
+    return float(v.std(ddof=1)) if v.size > 1 else 0.0
+
+
 def _many_runs_summary(cfg, data, run_dir, runs, results, summary, objective, seeds, sweep):
     """Each run's folder (summary, params) and the top summary: every setting's mean and std
     over seeds, the best setting as the objective."""
@@ -231,11 +243,11 @@ def _many_runs_summary(cfg, data, run_dir, runs, results, summary, objective, se
         one = summary | _finished(cfg, data, res, objective) | {"seed": x, "sweep": v or None}
         if v:
             one["hparams"] = summary["hparams"] | v
-        (folder / SUMMARY_FILE).write_text(json.dumps(to_jsonable(one), indent=2))
+        _write_summary(folder, one)
         by_setting.setdefault(tuple(v.items()), []).append(one["objective"]["value"])
     settings = [
         {"sweep": dict(k) or None, "mean": float(np.nanmean(vals)),
-         "std": float(np.nanstd(vals)), "per_seed": vals}
+         "std": _sample_std(vals), "per_seed": vals}
         for k, vals in by_setting.items()
     ]  # fmt: skip
     higher = HIGHER_IS_BETTER.get(objective.split("_", 1)[1].removesuffix("_client_mean"),
@@ -244,6 +256,7 @@ def _many_runs_summary(cfg, data, run_dir, runs, results, summary, objective, se
     summary.update(
         status="finished", seed=None, seeds=seeds, wall_s=results[0].wall_s,
         compile_s=results[0].compile_s, client_map=results[0].client_map,
+        std="sample standard deviation over seeds (ddof 1)",
         objective={"name": objective, "value": best["mean"], "std": best["std"],
                    "per_seed": best["per_seed"], "sweep": best["sweep"]},
     )  # fmt: skip
@@ -284,7 +297,7 @@ def _initial_params(cfg: DictConfig, c: _Components):
     return load_weights(str(cfg.init_from), like, exclude=list(cfg.get("init_exclude") or []))
 
 
-def _simulate(cfg: DictConfig, c: _Components, seeds, sweep, state_dir, callbacks):
+def _simulate(cfg: DictConfig, c: _Components, seeds, sweep, state_dir, callbacks, chunk):
     return simulate(
         c.algorithm, c.model, c.data, rounds=int(cfg.rounds), params=_initial_params(cfg, c),
         clients_per_round=int(cfg.clients_per_round), seed=int(cfg.seed),
@@ -295,34 +308,90 @@ def _simulate(cfg: DictConfig, c: _Components, seeds, sweep, state_dir, callback
         checkpoint_dir=None if state_dir is None else str(state_dir),
         resume=bool(cfg.get("resume", False)), callbacks=callbacks,
         progress=bool(cfg.get("progress", False)), seeds=seeds, sweep=sweep,
-        client_chunk=_client_chunk(cfg, c.algorithm, c.model, c.data),
+        client_chunk=chunk,
         client_map=str(cfg.get("client_map", "vmap")), aggregator=c.aggregator, attack=c.attack,
         reject_norm=None if cfg.get("reject_norm") is None else float(cfg.reject_norm),
     )  # fmt: skip
 
 
+def _write_summary(run_dir: Path, summary: dict) -> None:
+    write_atomic(run_dir / SUMMARY_FILE, json.dumps(to_jsonable(summary), indent=2))
+
+
+def _open_folder(cfg: DictConfig, run_dir: Path, resume: bool) -> dict:
+    """Checks the (locked) run folder for the run asked for and returns the resolved config:
+    resuming, a saved step and the same configuration but for the resumable keys; fresh, a
+    folder without results (they are deleted only with ``overwrite=true``)."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    if resume:
+        if latest_step(run_dir / RESUME_DIR) is None:
+            raise ValueError(f"resume=true but {run_dir} has no checkpoint ({RESUME_DIR}/)")
+        _folder.check_config(run_dir, config)
+        return config
+    present = _folder.results_in(run_dir)
+    if present and not cfg.get("overwrite", False):
+        raise _folder.RunFolderExistsError(
+            f"{run_dir} holds the results of another run ({', '.join(present)}); "
+            "resume=true continues it, overwrite=true deletes them and starts afresh, or "
+            "choose another folder (hydra.run.dir=...)"
+        )
+    _folder.clear_results(run_dir)
+    _folder.save_config(run_dir, config)
+    _folder.snapshot_hydra(run_dir)
+    return config
+
+
 def run(cfg: DictConfig, run_dir: str | Path) -> SimulationResult:
-    """Runs the composed config ``cfg`` and writes its run folder ``run_dir``."""
+    """Runs the composed config ``cfg`` and writes its run folder ``run_dir`` (locked for
+    the run's life; see :mod:`fljax._folder` for what is refused and what is kept)."""
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save step at INFO
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    c = _components(cfg)
     resume = bool(cfg.get("resume", False))
+    try:
+        with _folder.locked(run_dir):
+            _open_folder(cfg, run_dir, resume)
+            result = _run_in(cfg, run_dir, resume)
+    except Exception as err:
+        if not getattr(err, "fljax_ran", False):  # refused before it ran: the old record
+            _folder.restore_hydra(run_dir)
+        raise
+    if resume:
+        _folder.snapshot_hydra(run_dir)  # the extended run's record
+    return result
+
+
+def _run_in(cfg: DictConfig, run_dir: Path, resume: bool) -> SimulationResult:
+    """Builds the components, runs and writes the results of the locked, checked folder.
+    A failure is recorded in ``summary.json``, except that of a resume that wrote nothing
+    new (the run's files stay as they were)."""
     seeds, sweep, runs = _seeds_and_sweep(cfg)
     state_dir = run_dir / RESUME_DIR if cfg.get("save_state", True) or resume else None
-    writer, loggers = _writers(cfg, run_dir, runs, seeds, _keep_until(run_dir, state_dir, resume))
+    writer, loggers = _Writer(run_dir, runs, seeds, resume), []
     t0 = time.perf_counter()
-    summary = _summary_start(cfg, c)
+    summary = {"status": "running", "seed": int(cfg.seed), "rounds": int(cfg.rounds)}
     try:
-        result = _simulate(cfg, c, seeds, sweep, state_dir, [writer, *loggers])
+        c = _components(cfg)
+        chunk = _client_chunk(cfg, c.algorithm, c.model, c.data)
+        summary = _summary_start(cfg, c) | {"client_chunk": chunk}
+        loggers = _loggers(cfg, run_dir) if seeds is None else []
+        result = _simulate(cfg, c, seeds, sweep, state_dir, [writer, *loggers], chunk)
     except Exception as err:
-        summary.update(status="failed", error=f"{type(err).__name__}: {err}")
-        summary["wall_s"] = time.perf_counter() - t0
-        (run_dir / SUMMARY_FILE).write_text(json.dumps(to_jsonable(summary), indent=2))
+        err.fljax_ran = writer.wrote or not resume
+        if err.fljax_ran:
+            summary.update(status="failed", error=f"{type(err).__name__}: {err}")
+            summary["wall_s"] = time.perf_counter() - t0
+            _write_summary(run_dir, summary)
         raise
     finally:
         for logger in loggers:
             logger.close()
+    _write_results(cfg, c, run_dir, result, summary, seeds, sweep, runs)
+    return result
+
+
+def _write_results(cfg, c: _Components, run_dir, result, summary, seeds, sweep, runs) -> None:
+    """The final parameters, ``summary.json`` (per run folder with many runs) and the report."""
     results = result if seeds is not None else [result]
     objective = cfg.get("objective") or f"test_{c.data.metrics[0]}"
     if objective not in results[0].history[-1]["metrics"]:
@@ -336,9 +405,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> SimulationResult:
         summary.update(_finished(cfg, c.data, result, objective))
     else:
         _many_runs_summary(cfg, c.data, run_dir, runs, results, summary, objective, seeds, sweep)
-    (run_dir / SUMMARY_FILE).write_text(json.dumps(to_jsonable(summary), indent=2))
+    _write_summary(run_dir, summary)
     _report(c, run_dir, results, summary, objective, seeds)
-    return result
 
 
 @hydra.main(version_base=None, config_path=CONF_DIR, config_name="config")

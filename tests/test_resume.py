@@ -110,7 +110,7 @@ def test_seeds_and_sweep_resume_bit_identically(tmp_path, breast_cancer_fed):
         assert json.dumps(a.history) == json.dumps(b.history)
         for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
             np.testing.assert_array_equal(x, y)
-    with pytest.raises(ValueError, match="checkpoint holds runs"):
+    with pytest.raises(ValueError, match="another simulation: seeds"):
         fljax.simulate(algo, model, breast_cancer_fed, checkpoint_dir=str(tmp_path),
                        resume=True, **(args | {"seeds": [1, 3]}))  # fmt: skip
 

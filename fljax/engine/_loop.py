@@ -35,6 +35,7 @@ from fljax.engine._history import (
     robust_records,
     stack_rounds,
 )
+from fljax.engine._identity import differences, fingerprint
 from fljax.engine._robust import RobustPlan, root_client, sample_root
 from fljax.engine._round import build_block, build_round, init_state, initial_state, train_spec
 from fljax.engine._runs import check_seeds, check_sweep
@@ -224,6 +225,7 @@ class Run:
     params0: Any
     mesh: Any
     strategies: tuple[str, ...]
+    identity: dict = dataclasses.field(default_factory=dict)  # saved with steps, see _identity
     run_block: Any = None
     client_map: dict = dataclasses.field(default_factory=dict)
     compiled: dict = dataclasses.field(default_factory=dict)  # block length -> executable
@@ -351,7 +353,7 @@ def prepare(a: RunArgs) -> Run:
     t_start = time.perf_counter()
     setup, k = _checked_setup(a)
     runs, sweep_values = _runs_of(a)
-    clean = a.data
+    asked, clean = a, a.data
     a, malicious = _poisoned(a)
     multi, mode = a.seeds is not None or bool(sweep_values), a.algorithm.mode
     algorithm, dp_plan = _wire_algorithm(a, setup)
@@ -405,7 +407,8 @@ def prepare(a: RunArgs) -> Run:
             for s_, i in runs]  # fmt: skip
     strategies = _auto.candidates(mode in SERIAL_MODES, mesh, a.client_chunk)
     return Run(a, algorithm, state, k_rounds, train, block_for, recorder, logs, width, params,
-               mesh, strategies, compile_s=compile_s, t_start=t_start)  # fmt: skip
+               mesh, strategies, fingerprint(asked, params), compile_s=compile_s,
+               t_start=t_start)  # fmt: skip
 
 
 def _poisoned(a: RunArgs):
@@ -476,6 +479,7 @@ def _begin(run: Run, bar) -> int:
         run.choose_client_map(0)
         return _record_start(run)
     host_state, progress = restored
+    _check_identity(run, progress)
     start = int(progress["round"])
     if start > a.rounds:
         raise ValueError(f"the checkpoint is at round {start}, past rounds={a.rounds}")
@@ -491,6 +495,23 @@ def _begin(run: Run, bar) -> int:
     return start
 
 
+def _check_identity(run: Run, progress: dict) -> None:
+    """Refuses to resume a saved step of another simulation, listing what differs."""
+    saved = progress.get("fingerprint")
+    if saved is None:
+        raise ValueError(f"the checkpoint in {run.args.checkpoint_dir} has no run fingerprint "
+                         "(saved by an older fljax); start a new run")  # fmt: skip
+    diff = differences(saved, run.identity)
+    if diff:
+        listed = ", ".join(f"{k} (saved {saved.get(k)!r}, now {run.identity.get(k)!r})"
+                           for k in diff)  # fmt: skip
+        raise ValueError(
+            f"the checkpoint in {run.args.checkpoint_dir} is of another simulation: {listed}"
+            " differ; only rounds (and eval_every, client_map, client_chunk, devices) may "
+            "change on resume"
+        )
+
+
 def _checkpoint(run: Run, round_idx: int) -> None:
     """The whole program's state (every run's, stacked) and every run's log, as one step."""
     if run.args.checkpoint_dir is None:
@@ -499,6 +520,7 @@ def _checkpoint(run: Run, round_idx: int) -> None:
     if run.recorder.multi:
         progress = {"round": round_idx, "runs": [log.progress(round_idx) for log in run.logs]}
     progress["client_map"] = run.client_map["strategy"]
+    progress["fingerprint"] = run.identity
     save_state(run.args.checkpoint_dir, jax.device_get(run.state), progress)
 
 

@@ -116,10 +116,8 @@ def initial_params(model, data, seed_key, params):
     if params is None:
         params = model.init(k_init, data.sample())
     else:
-        expected_tree = jax.tree.structure(jax.eval_shape(model.init, k_init, data.sample()))
-        if jax.tree.structure(params) != expected_tree:
-            raise ValueError(f"params do not match the structure of model {model.name!r}")
-        params = jax.tree.map(jnp.asarray, params)
+        params = _checked_params(model, params, jax.eval_shape(model.init, k_init,
+                                                                data.sample()))  # fmt: skip
     out_shape = jax.eval_shape(lambda p, x: model.apply(p, x), params, data.sample()).shape
     expected = data.num_classes if data.task == "classification" else 1
     if out_shape[-1] != expected:
@@ -128,6 +126,23 @@ def initial_params(model, data, seed_key, params):
             f"{data.task} dataset {data.name!r} needs {expected} (num_classes)"
         )
     return params
+
+
+def _checked_params(model, params, expected):
+    """``params`` as arrays after checking their tree, and each leaf's shape and dtype,
+    against the model's own initialisation ``expected`` (shape structs)."""
+    if jax.tree.structure(params) != jax.tree.structure(expected):
+        raise ValueError(f"params do not match the structure of model {model.name!r}")
+    for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(params),
+                                 jax.tree.leaves(expected), strict=True):  # fmt: skip
+        if np.shape(got) != want.shape:
+            raise ValueError(
+                f"params leaf {jax.tree_util.keystr(path)} has shape {np.shape(got)} but model "
+                f"{model.name!r} needs {want.shape}: warm-start weights of another "
+                "architecture or width (fljax.models.load_weights(..., exclude=[...]) keeps "
+                "the model's own initialisation for the leaves that differ)"
+            )
+    return jax.tree.map(lambda x, w: jnp.asarray(x, w.dtype), params, expected)
 
 
 def tree_bytes(tree) -> int:
