@@ -61,22 +61,31 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
 
 
 def save_params(run_dir: str | os.PathLike, params: Any) -> Path:
-    """Saves ``params`` with orbax under ``run_dir/checkpoint``."""
+    """Saves ``params`` with orbax under ``run_dir/checkpoint`` as host arrays (no device
+    layout, so that any process, on any devices, reads them back)."""
+    import jax
     import orbax.checkpoint as ocp
 
     path = (Path(run_dir) / CHECKPOINT_DIR).resolve()
     ckptr = ocp.StandardCheckpointer()
-    ckptr.save(path, params, force=True)
+    ckptr.save(path, jax.tree.map(np.asarray, jax.device_get(params)), force=True)
     ckptr.wait_until_finished()
     return path
 
 
 def load_params(run_dir: str | os.PathLike) -> Any:
-    """Restores the parameters saved by :func:`save_params` (a pytree of arrays)."""
+    """Restores the parameters saved by :func:`save_params` (a pytree of arrays on this
+    process's first device), whatever devices the writer had (a run saved with its arrays
+    laid over 2 devices reads back in a process with 1)."""
+    import jax
     import orbax.checkpoint as ocp
 
     path = (Path(run_dir) / CHECKPOINT_DIR).resolve()
-    return ocp.StandardCheckpointer().restore(path)
+    ckptr = ocp.StandardCheckpointer()
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          ckptr.metadata(path).item_metadata)  # fmt: skip
+    return ckptr.restore(path, target)
 
 
 STEP_PREFIX = "step_"
@@ -168,9 +177,9 @@ def save_state(directory: str | os.PathLike, state: Any, progress: dict,
     round_idx = int(progress["round"])
     arrays = {f"leaf_{i:05d}": np.asarray(jax.random.key_data(x) if _is_key(x) else x)
               for i, x in enumerate(jax.tree.leaves(state))}  # fmt: skip
+    for stale in [*directory.glob(".trash_*"), *directory.glob(f".{STEP_PREFIX}*.tmp")]:
+        shutil.rmtree(stale)  # what a killed save or removal left behind; never a step
     tmp = directory / f".{STEP_PREFIX}{round_idx:08d}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
     tmp.mkdir()
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(tmp / STATE_DIR, arrays)

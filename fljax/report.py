@@ -1,10 +1,13 @@
 """``fljax-report <sweep folder>``: one table and learning curves from many run folders.
 
 Collects every run folder under the given folder (each holds ``summary.json``,
-``metrics.jsonl`` and ``.hydra/overrides.yaml``), groups the runs by their Hydra overrides
-without the seed, and writes ``report.md`` and ``report.csv`` (final metrics as mean +- std over
-the seeds of each group) and ``curves.png`` / ``curves.pdf`` (the mean learning curve of each
-group with a +- 1 std band).
+``metrics.jsonl`` and ``.hydra/overrides.yaml``; a ``seeds=[...]`` / ``sweep=...`` run
+contributes each of its ``seed_*`` sub-folders, with its swept values as overrides), groups
+the runs by their overrides without the seed, and writes ``report.md`` (``mean ± std``) and
+``report.csv`` (numeric columns ``<metric>_mean``, ``<metric>_std``, and ``n``) over the seeds
+of each group, and ``curves.png`` / ``curves.pdf`` (the mean learning curve of each group with
+a +- 1 std band). Every std is the sample standard deviation (ddof 1), as in ``fljax-run``'s
+seed summary.
 """
 
 from __future__ import annotations
@@ -37,18 +40,33 @@ def _overrides(run_dir: Path) -> dict[str, str]:
     return out
 
 
+def _run_overrides(run_dir: Path, summary: dict) -> dict[str, str]:
+    """A run's overrides; a sub-run of a ``seeds`` / ``sweep`` folder takes its parent's,
+    with its seed and swept values."""
+    if (run_dir / ".hydra").exists() or summary.get("seed") is None:
+        return _overrides(run_dir)
+    out = _overrides(run_dir.parent)
+    out.pop("seeds", None)
+    out.pop("sweep", None)
+    out["seed"] = str(summary["seed"])
+    for k, v in (summary.get("sweep") or {}).items():
+        out[f"algorithm.{k}"] = f"{v:g}"
+    return out
+
+
 def collect(root: str | Path) -> list[dict]:
-    """Every finished run under ``root``: its overrides, summary and history."""
+    """Every finished run under ``root``: its overrides, summary and history (the top folder
+    of a ``seeds`` / ``sweep`` run, which holds only their summary, is skipped)."""
     runs = []
     for summary_path in sorted(Path(root).rglob(SUMMARY_FILE)):
         run_dir = summary_path.parent
         summary = json.loads(summary_path.read_text())
-        if summary.get("status") != "finished":
+        if summary.get("status") != "finished" or summary.get("seeds") is not None:
             continue
         runs.append(
             dict(
                 path=run_dir,
-                overrides=_overrides(run_dir),
+                overrides=_run_overrides(run_dir, summary),
                 summary=summary,
                 history=read_metrics(run_dir),
             )
@@ -93,18 +111,30 @@ def default_metrics(runs: list[dict]) -> list[str]:
 
 
 def table(groups: dict[tuple, list[dict]], metrics: list[str]) -> tuple[list[str], list[list]]:
-    """Header and rows: one row per group, override values then ``mean +- std`` per metric."""
+    """Header and rows: one row per group, override values, ``n`` (runs), then each metric's
+    mean and sample std (numbers)."""
     keys = sorted({k for g in groups for k, _ in g})
-    header = [*keys, "runs", *metrics]
+    header = [*keys, "n", *[f"{m}_{s}" for m in metrics for s in ("mean", "std")]]
     rows = []
     for g, runs in groups.items():
         values = dict(g)
         row = [values.get(k, "") for k in keys] + [len(runs)]
         for m in metrics:
-            mean, std = _mean_std([r["summary"]["metrics"].get(m) for r in runs])
-            row.append(f"{mean:.4f} ± {std:.4f}")
+            row += _mean_std([r["summary"]["metrics"].get(m) for r in runs])
         rows.append(row)
     return header, rows
+
+
+def _markdown(header: list[str], rows: list[list], metrics: list[str]) -> str:
+    """The table with each metric's mean and std as one ``mean ± std`` cell."""
+    n_keys = len(header) - 2 * len(metrics)
+    head = [*header[:n_keys], *metrics]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for row in rows:
+        cells = [str(c) for c in row[:n_keys]]
+        cells += [f"{row[i]:.4f} ± {row[i + 1]:.4f}" for i in range(n_keys, len(row), 2)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\nstd: sample standard deviation over seeds (ddof 1).\n"
 
 
 def plot_curves(groups: dict[tuple, list[dict]], metric: str):
@@ -117,13 +147,14 @@ def plot_curves(groups: dict[tuple, list[dict]], metric: str):
         curves = np.array(
             [[e["metrics"].get(metric) for e in r["history"]] for r in runs], dtype=np.float64
         )
-        mean, std = np.nanmean(curves, axis=0), np.nanstd(curves, axis=0)
+        mean = np.nanmean(curves, axis=0)
+        std = np.nanstd(curves, axis=0, ddof=1) if len(runs) > 1 else np.zeros_like(mean)
         label = ", ".join(f"{k}={v}" for k, v in g) or "all runs"
         ax.plot(rounds, mean, label=f"{label} (n={len(runs)})")
         ax.fill_between(rounds, mean - std, mean + std, alpha=0.2)
     ax.set_xlabel("round")
     ax.set_ylabel(metric)
-    ax.set_title(f"{metric}: mean over seeds, band = 1 std")
+    ax.set_title(f"{metric}: mean over seeds, band = 1 sample std")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -148,9 +179,7 @@ def report(
     header, rows = table(groups, metrics)
     with open(out / "report.csv", "w", newline="") as f:
         csv.writer(f).writerows([header, *rows])
-    md = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    md += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    (out / "report.md").write_text("\n".join(md) + "\n")
+    (out / "report.md").write_text(_markdown(header, rows, metrics))
     curve_metric = curve_metric or metrics[0]
     fig = plot_curves(groups, curve_metric)
     for ext in ("png", "pdf"):

@@ -32,13 +32,15 @@ def test_report_groups_seeds_into_mean_and_std(sweep, tmp_path):
     assert paths["runs"] == 4 and paths["rows"] == 2
     rows = list(csv.DictReader(open(paths["csv"])))
     assert [r["algorithm.client_lr"] for r in rows] == ["0.05", "0.2"]
-    assert all(r["runs"] == "2" for r in rows)
-    mean, std = rows[0]["test_accuracy"].split(" ± ")
+    assert all(r["n"] == "2" for r in rows)
+    mean, std = rows[0]["test_accuracy_mean"], rows[0]["test_accuracy_std"]
     runs = [r for r in report.collect(sweep) if r["overrides"]["algorithm.client_lr"] == "0.05"]
     accs = [r["summary"]["metrics"]["test_accuracy"] for r in runs]
     assert float(mean) == pytest.approx(sum(accs) / 2, abs=1e-4)
     assert float(std) == pytest.approx(abs(accs[0] - accs[1]) / 2**0.5, abs=1e-4)
-    assert "| algorithm.client_lr |" in paths["markdown"].read_text()
+    text = paths["markdown"].read_text()
+    assert "| algorithm.client_lr |" in text and f"{float(mean):.4f} ± " in text
+    assert "ddof 1" in text
     assert (tmp_path / "curves.png").exists() and (tmp_path / "curves.pdf").exists()
 
 
@@ -88,3 +90,25 @@ def test_optuna_sweeper_searches_a_hyperparameter(tmp_path):
     assert len(trials) == 3
     assert best["best_value"] == max(t["objective"]["value"] for t in trials)
     assert all(t["objective"]["name"] == "test_accuracy" for t in trials)
+
+
+def test_report_reads_a_seeds_and_sweep_folder_with_the_cli_std(tmp_path):
+    """A ``seeds=`` x ``sweep=`` run folder: one group per swept value, each over its seed
+    sub-folders, numeric columns, and the same sample std as the run's own summary."""
+    folder = tmp_path / "many"
+    fljax_run("seeds=[0,1,2]", "sweep={client_lr:[0.05,0.2]}", "rounds=2", "eval_every=1",
+              "clients_per_round=4", "model=logistic", "progress=false", "checkpoint=false",
+              f"hydra.run.dir={folder}")  # fmt: skip
+    paths = report.report(folder, tmp_path / "out")
+    assert paths["runs"] == 6 and paths["rows"] == 2
+    rows = list(csv.DictReader(open(paths["csv"])))
+    assert [r["algorithm.client_lr"] for r in rows] == ["0.05", "0.2"]
+    summary = json.loads((folder / "summary.json").read_text())
+    for row, setting in zip(rows, summary["settings"], strict=True):
+        assert row["n"] == "3"
+        assert float(row["test_accuracy_mean"]) == pytest.approx(setting["mean"], abs=1e-12)
+        assert float(row["test_accuracy_std"]) == pytest.approx(setting["std"], abs=1e-12)
+        per_seed = setting["per_seed"]
+        mean = sum(per_seed) / 3
+        sample_std = (sum((v - mean) ** 2 for v in per_seed) / 2) ** 0.5
+        assert setting["std"] == pytest.approx(sample_std, abs=1e-12)

@@ -61,7 +61,7 @@ def fingerprint(a, params0) -> dict[str, Any]:
         "straggler_policy": str(a.straggler_policy),
         "algorithm": f"{a.algorithm.name}:{_digest(a.algorithm.hparams)}",
         "model": str(getattr(a.model, "name", type(a.model).__name__)),
-        "initial_params": _digest(jax.device_get(params0)),
+        "initial_params": "from seed" if a.params is None else _digest(jax.device_get(params0)),
         "data": f"{data.name}:{_digest((data.train, data.test))}",
         "compression": _component(a.compression),
         "downlink": _component(a.downlink),
