@@ -208,3 +208,16 @@ def test_silent_conversions_are_refused():
         fljax.simulate(algo, model, fed, rounds=1, clients_per_round=2, seed=2**70)
     with pytest.raises(ValueError, match="below 2\\*\\*63"):
         fljax.simulate(algo, model, fed, rounds=1, clients_per_round=2, seeds=[0, 2**64])
+
+
+def test_standardization_in_float64_keeps_a_huge_spread_feature():
+    """A feature spread ~1e18: its float32 sum of squares overflows (std inf, the feature
+    became all zeros); float64 statistics z-score it like a NumPy float64 reference."""
+    rng = np.random.default_rng(0)
+    x = np.stack([rng.normal(size=400), rng.normal(size=400) * 1e18], axis=1)
+    y = (x[:, 0] > 0).astype(np.int64)
+    fed = fljax.data.federate(x, y, num_clients=2, partition="iid", seed=0)
+    z = fed.train.x[fed.train.mask]
+    assert np.all(np.isfinite(z)) and z[:, 1].std() > 0.5
+    np.testing.assert_allclose(z.mean(0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(z.std(0), 1.0, rtol=1e-5)

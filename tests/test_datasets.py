@@ -161,3 +161,10 @@ def test_describe_and_plot(heart):
     fig = fljax.data.plot_federation(heart)
     ax = fig.axes[0]
     assert ax.get_ylabel() == "training examples" and ax.get_legend() is not None
+
+
+def test_a_mistyped_data_dir_is_refused_and_not_created(tmp_path):
+    wrong = tmp_path / "heart_disese"
+    with pytest.raises(FileNotFoundError, match="data_dir=.*heart_disese.*is not a folder"):
+        fljax.data.load("heart_disease", data_dir=wrong)
+    assert not wrong.exists()

@@ -67,10 +67,17 @@ def fetch(
 ) -> dict[str, Path]:
     """Paths of ``files``, each verified against its sha256.
 
-    With ``data_dir``, files are read there (a read-only folder works) and any missing one is
-    downloaded into it; without, into the cache ``cache_root() / dataset``.
+    With ``data_dir`` (an existing folder: a mistyped path is refused, not created), files are
+    read there (a read-only folder works) and any missing one is downloaded into it; without,
+    into the cache ``cache_root() / dataset``.
     """
     folder = Path(data_dir) if data_dir is not None else cache_root() / dataset
+    if data_dir is not None and not folder.is_dir():
+        raise FileNotFoundError(
+            f"data_dir={str(data_dir)!r} is not a folder (a typo?); pass the folder that holds "
+            f"the {dataset} files ({', '.join(f.name for f in files)}), create it to download "
+            "them into it, or leave data_dir unset to use the cache"
+        )
     out = {}
     for file in files:
         path = folder / file.name

@@ -163,12 +163,18 @@ def standardize_clients(
 
     ``"global"``: the pooled training mean/std, i.e. what a federated computation of per-client
     sums and sums of squares gives; ``"client"``: each client's own training statistics (FLamby's
-    Fed-Heart-Disease choice); ``"none"``: unchanged. Constant features get std 1.
+    Fed-Heart-Disease choice); ``"none"``: unchanged. Constant features get std 1. Computed in
+    float64 (the federation stores float32).
     """
     if mode not in STANDARDIZE:
         raise ValueError(f"standardize={mode!r} is not one of {STANDARDIZE}")
     if mode == "none":
         return train_xs, test_xs
+
+    # In float64: a float32 sum of squares overflows for a feature spread ~1e18 (std inf,
+    # the feature standardized to zeros) and loses digits long before that.
+    train_xs = [np.asarray(x, np.float64) for x in train_xs]
+    test_xs = [np.asarray(x, np.float64) for x in test_xs]
 
     def stats(x):
         mean = x.mean(axis=0)

@@ -124,7 +124,7 @@ def federate(
     _check_split_args(num_clients, test_fraction, min_examples)
     if partition not in _partition.PARTITIONS:
         raise ValueError(f"unknown partition={partition!r}; choose one of {_partition.PARTITIONS}")
-    x = np.asarray(x, np.float32)
+    x = np.asarray(x, np.float64)  # standardized in float64, stored as float32
     if not np.all(np.isfinite(x)):
         raise ValueError(f"dataset {name!r}: features contain NaN or inf")
     if task != "classification" and partition in ("dirichlet", "shards"):

@@ -4,7 +4,11 @@ Each case is a function returning ``(args, kwargs)`` for :func:`fljax.simulate`.
 outputs (``tests/golden/<name>.json``) were produced by the engine as it stood BEFORE the round
 was rebuilt from stages; the ``robust_*`` cases when robust aggregation was added
 (``python tests/golden/record.py``, 8 host CPU devices as in ``conftest.py``);
-``tests/test_golden.py`` requires every later engine to reproduce them.
+``tests/test_golden.py`` requires every later engine to reproduce them. All were recorded
+again, with the engine unchanged, when feature standardization moved to float64 (issue 19):
+the breast-cancer federation's float32 features changed in their last bits, the histories by
+<= 6e-6 relative (top-k's chosen coordinates in ``topk_ef`` / ``scaffold_topk`` by more),
+every count, selection and step number unchanged.
 
 Cases are tiny (logistic / small MLP, 3-4 rounds) so the whole matrix runs in well under a
 minute from the compilation cache.
