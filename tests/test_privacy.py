@@ -43,6 +43,14 @@ def test_calibration_hits_the_target_within_one_percent(kwargs):
     assert eps >= 0.99 * target
 
 
+@pytest.mark.parametrize("target", [1e-6, 1e-3])
+def test_an_unreachable_target_epsilon_is_refused_not_reported_as_zero(target):
+    """Calibrating to 1e-6 used to land on z ~ 1.6e5 where the RDP bound is 0, and the run
+    reported epsilon 0.0 (and 1e-3 landed on the same z)."""
+    with pytest.raises(ValueError, match=f"target_epsilon={target:g} is out of reach"):
+        P.calibrate_noise_multiplier(target, 1e-5, 10, sampling_rate=0.5)
+
+
 def test_cross_silo_client_level_dp_is_weak():
     """q = 1, z = 1, 100 rounds: epsilon ~ 96 (the issue's motivation for record-level DP)."""
     assert 95 < P.epsilon(1.0, 100, 1e-5) < 97
