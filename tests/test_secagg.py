@@ -198,3 +198,20 @@ def test_values_at_the_edge_of_the_range_do_not_overflow_the_ring():
                               P.get("secagg", bits=bits, clip_range=r),
                               jnp.full((4,), r))  # fmt: skip
         np.testing.assert_allclose(np.asarray(out), k * r, rtol=1e-6)
+
+
+def test_clipped_coordinates_are_counted_per_round(breast_cancer_fed):
+    """The count is exact on a hand example (only summed clients count) and a run with a
+    tiny clip_range reports its clipping per round instead of silently losing accuracy."""
+    values = jnp.asarray([[0.5, 2.0, -0.1], [-3.0, 0.2, 1.5], [9.0, 9.0, 9.0]])
+    included = jnp.asarray([True, True, False])  # the third dropped out: not summed
+    _, stats = P.secure_sum(values, included, jnp.arange(3), jax.random.key(0),
+                            P.get("secagg"), jnp.ones(3))  # fmt: skip
+    assert int(stats.clipped) == 3
+    model = fljax.models.get("logistic", num_classes=2)
+    algo = fljax.algorithms.get("fedavg", client_lr=0.1, local_epochs=1, batch_size=16)
+    res = fljax.simulate(algo, model, breast_cancer_fed, rounds=2, clients_per_round=4,
+                         secure_aggregation=P.get("secagg", clip_range=1e-4))  # fmt: skip
+    rec = res.history[-1]["secagg"]
+    assert len(rec["clipped_per_round"]) == 1 and rec["clipped_per_round"][0] > 0
+    assert rec["clipped"] == sum(e["secagg"]["clipped_per_round"][0] for e in res.history[1:])

@@ -17,7 +17,8 @@ from fljax.metrics import HIGHER_IS_BETTER, summarize
 from fljax.privacy import graph_degree
 from fljax.privacy._secagg import SHARE_BYTES
 
-SECAGG_COUNTERS = ("prg_client", "prg_server", "recovered_pairs", "recovery_messages", "dropped")
+SECAGG_COUNTERS = ("prg_client", "prg_server", "recovered_pairs", "recovery_messages", "dropped",
+                   "clipped")  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -200,6 +201,7 @@ class Recorder:
             st = metrics.secagg
             for name in totals["secagg"]:
                 totals["secagg"][name] += int(np.sum(st._asdict()[name]))
+            log.block["clipped"] = np.asarray(st.clipped).reshape(length, -1).sum(1).tolist()
             b = wire.secagg
             totals["up"] += (
                 int(ids.size) * (b["advertise_keys"] + b["share_keys"])
@@ -306,6 +308,7 @@ def component_records(compression, wire, params, system, mode, secagg, width, dp
         def secagg_record(e, st, log, r):
             e["secagg"] = {"protocol": secagg.name, "bits": secagg.bits,
                            "degree": graph_degree(secagg, width), **log.totals["secagg"],
+                           "clipped_per_round": log.block.get("clipped", []),
                            "bytes_per_client": wire.secagg}  # fmt: skip
 
         extras.append(secagg_record)

@@ -152,6 +152,7 @@ class SecAggStats(NamedTuple):
     recovery_messages: jax.Array  # shares sent in the unmasking round
     survivors: jax.Array  # clients whose masked vector was summed
     dropped: jax.Array  # selected clients that masked but did not send
+    clipped: jax.Array  # coordinates of the summed vectors outside [-R, R], clipped to it
 
 
 def secure_sum(
@@ -165,8 +166,9 @@ def secure_sum(
 ) -> tuple[jax.Array, SecAggStats]:
     """Secure sum of ``values[K, d]`` over the clients with ``included[K]``: the decoded
     ring sum of their fixed-point encodings (``ranges[d]``: clip range per coordinate) and
-    the round's :class:`SecAggStats`. Clients not ``included`` were selected and masked their
-    vector but dropped out before sending it.
+    the round's :class:`SecAggStats` (``clipped``: how many coordinates of the summed vectors
+    fell outside their range and were clipped, biasing the sum). Clients not ``included``
+    were selected and masked their vector but dropped out before sending it.
     """
     client_ids = jnp.asarray(client_ids)
     k_count, d = values.shape
@@ -177,7 +179,11 @@ def secure_sum(
         lambda x, i: encode(x, scale, levels, secagg.bits, jax.random.fold_in(k_enc, i))
     )(values, client_ids)
     ring_sum, _, stats = secure_ring_sum(enc, included, client_ids, k_protocol, secagg, active)
-    return decode(ring_sum, scale, secagg.bits), stats
+    live = included if active is None else included & active
+    outside = (jnp.abs(values) > ranges[None, :]) & live[:, None]
+    return decode(ring_sum, scale, secagg.bits), stats._replace(
+        clipped=jnp.sum(outside, dtype=jnp.int32)
+    )
 
 
 def secure_ring_sum(
@@ -267,6 +273,7 @@ def _protocol_stats(secagg: SecAgg, nbr, edge, included, active) -> SecAggStats:
         recovery_messages=jnp.sum(shares * included).astype(jnp.int32),
         survivors=survivors,
         dropped=jnp.sum(active).astype(jnp.int32) - survivors,
+        clipped=jnp.zeros((), jnp.int32),
     )
 
 
@@ -279,7 +286,7 @@ class SecureMeanState(NamedTuple):
 
 def _zero_stats() -> SecAggStats:
     z = jnp.zeros((), jnp.int32)
-    return SecAggStats(z, z, z, z, z, z)
+    return SecAggStats(z, z, z, z, z, z, z)
 
 
 def _flatten_rows(rows):
