@@ -32,6 +32,7 @@ from fljax._io import (
     to_jsonable,
     write_atomic,
 )
+from fljax.data import drop_empty_clients
 from fljax.metrics import HIGHER_IS_BETTER
 from fljax.models import load_weights
 from fljax.simulate import SimulationResult, auto_client_chunk, simulate
@@ -124,6 +125,11 @@ class _Components(NamedTuple):
 
 def _components(cfg: DictConfig) -> _Components:
     data = instantiate(cfg.dataset, _convert_="all")
+    empty = cfg.get("empty_clients", "refuse")
+    if empty not in ("refuse", "drop"):
+        raise ValueError(f"empty_clients={empty!r} is not one of ('refuse', 'drop')")
+    if empty == "drop":
+        data = drop_empty_clients(data)
     model_kwargs = {}
     if cfg.model.get("num_classes") is None:
         model_kwargs["num_classes"] = data.num_classes

@@ -221,3 +221,31 @@ def test_standardization_in_float64_keeps_a_huge_spread_feature():
     assert np.all(np.isfinite(z)) and z[:, 1].std() > 0.5
     np.testing.assert_allclose(z.mean(0), 0.0, atol=1e-5)
     np.testing.assert_allclose(z.std(0), 1.0, rtol=1e-5)
+
+
+def test_clients_without_training_examples_are_refused_or_dropped():
+    """An empty client is refused by simulate, naming it; dropped, it is never selected nor
+    counted as a participant, and the run equals the one on the federation built without it."""
+    rng = np.random.default_rng(0)
+    sizes = [30, 0, 25, 40]
+    xs = [rng.normal(size=(n, 3)) for n in sizes]
+    ys = [(x[:, 0] > 0).astype(np.int64) for x in xs]
+    tx = [rng.normal(size=(8, 3)) for _ in sizes]
+    ty = [(x[:, 0] > 0).astype(np.int64) for x in tx]
+    fed = fljax.data.from_client_arrays(xs, ys, tx, ty, num_classes=2,
+                                        client_names=("a", "b", "c", "d"))  # fmt: skip
+    model = fljax.models.get("logistic", num_classes=2)
+    algo = fljax.algorithms.get("fedavg", client_lr=0.1, local_epochs=1, batch_size=8,
+                                weighting="uniform")  # fmt: skip
+    with pytest.raises(ValueError, match=r"client\(s\) 1 \(b\) have no training examples"):
+        fljax.simulate(algo, model, fed, rounds=2, clients_per_round=3)
+    kept = fljax.data.drop_empty_clients(fed)
+    assert kept.client_names == ("a", "c", "d") and kept.info["dropped_empty_clients"] == ["b"]
+    res = fljax.simulate(algo, model, kept, rounds=2, clients_per_round=3)
+    assert res.contributed.all() and res.selected.max() == 2
+    keep = [0, 2, 3]
+    alone = fljax.data.from_client_arrays([xs[i] for i in keep], [ys[i] for i in keep],
+                                          [tx[i] for i in keep], [ty[i] for i in keep],
+                                          num_classes=2)  # fmt: skip
+    ref = fljax.simulate(algo, model, alone, rounds=2, clients_per_round=3)
+    assert res.history[-1]["metrics"] == ref.history[-1]["metrics"]

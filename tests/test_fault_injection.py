@@ -226,3 +226,37 @@ def test_load_run_reads_a_two_device_run_in_a_one_device_process(tmp_path):
     devices, leaves, status = json.loads(out.stdout.strip().splitlines()[-1])
     assert devices == 1 and leaves and status == "finished"
 
+
+
+def test_a_deleted_step_falls_back_and_a_deleted_state_is_refused(tmp_path, straight):
+    """Deleting the newest step resumes from the previous one to the same metrics; deleting
+    the whole saved state refuses the resume and leaves the finished run as it was."""
+    lines, source = straight
+    folder = tmp_path / "deleted"
+    shutil.copytree(source, folder, ignore=shutil.ignore_patterns("lock"))
+    shutil.rmtree(_steps(folder)[-1])
+    run(_compose("resume=true"), folder)
+    assert (folder / "metrics.jsonl").read_text() == lines
+    shutil.rmtree(folder / "resume")
+    summary = (folder / "summary.json").read_text()
+    with pytest.raises(ValueError, match="no checkpoint"):
+        run(_compose("resume=true"), folder)
+    assert (folder / "summary.json").read_text() == summary
+    assert (folder / "metrics.jsonl").read_text() == lines
+
+
+def test_the_chosen_client_chunk_is_in_the_summary(tmp_path):
+    run(_compose("rounds=1", "client_chunk=2"), tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["client_chunk"] == 2 and summary["status"] == "finished"
+
+
+def test_simulate_never_writes_over_a_saved_state(tmp_path, breast_cancer_fed):
+    model = fljax.models.get("logistic", num_classes=2)
+    algo = fljax.algorithms.get("fedavg", client_lr=0.05, local_epochs=1, batch_size=16)
+    args = dict(rounds=2, clients_per_round=4, checkpoint_dir=str(tmp_path))
+    fljax.simulate(algo, model, breast_cancer_fed, **args)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(ValueError, match="holds the saved state of a run"):
+        fljax.simulate(algo, model, breast_cancer_fed, seed=1, **args)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

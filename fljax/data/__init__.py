@@ -8,6 +8,7 @@ from fljax.data._describe import plot_federation as plot_federation
 from fljax.data._download import ChecksumError as ChecksumError
 from fljax.data._federated import ClientData as ClientData
 from fljax.data._federated import FederatedData as FederatedData
+from fljax.data._federated import drop_empty_clients as drop_empty_clients
 from fljax.data._federated import from_client_arrays as from_client_arrays
 from fljax.data._federated import gather_clients as gather_clients
 from fljax.data._federated import standardize_clients as standardize_clients

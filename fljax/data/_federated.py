@@ -143,6 +143,24 @@ class FederatedData:
         )
 
 
+def drop_empty_clients(data: FederatedData) -> FederatedData:
+    """``data`` without its clients that have no training examples (they would be selected,
+    counted as participants and in bytes, and dilute uniform weighting, while training
+    nothing); their names are listed in ``info["dropped_empty_clients"]``."""
+    keep = np.flatnonzero(np.asarray(data.train.num_examples) > 0)
+    if keep.size == 0:
+        raise ValueError(f"dataset {data.name!r}: no client has training examples")
+    dropped = [data.client_names[i] for i in range(data.num_clients) if i not in set(keep)]
+    if not dropped:
+        return data
+    take = lambda split: ClientData(*(np.asarray(a)[keep] for a in split))  # noqa: E731
+    return dataclasses.replace(
+        data, train=take(data.train), test=take(data.test),
+        client_names=tuple(data.client_names[i] for i in keep),
+        info=dict(data.info) | {"dropped_empty_clients": dropped},
+    )  # fmt: skip
+
+
 def stack_clients(xs: Sequence[np.ndarray], ys: Sequence[np.ndarray], y_dtype) -> ClientData:
     """Pads per-client arrays ``xs[i]: [n_i, ...]`` into ``x[C, max n_i, ...]`` (zero padding)."""
     num = np.array([len(x) for x in xs], dtype=np.int32)

@@ -22,7 +22,7 @@ from fljax._devices import (
     run_sharding,
     shard_clients,
 )
-from fljax._io import load_state, save_state
+from fljax._io import load_state, save_state, step_rounds
 from fljax.algorithms import rebuild
 from fljax.attacks import malicious_clients
 from fljax.client import evaluate_fn
@@ -474,6 +474,12 @@ def _begin(run: Run, bar) -> int:
     a = run.args
     if a.resume and a.checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir")
+    if not a.resume and a.checkpoint_dir is not None and step_rounds(a.checkpoint_dir):
+        raise ValueError(
+            f"checkpoint_dir={a.checkpoint_dir} holds the saved state of a run (round "
+            f"{step_rounds(a.checkpoint_dir)[0]}); resume=True continues it, and a new run "
+            "needs an empty folder (nothing saved is overwritten)"
+        )
     restored = load_state(a.checkpoint_dir, jax.device_get(run.state)) if a.resume else None
     if restored is None:  # a fresh start (or nothing saved yet)
         run.choose_client_map(0)

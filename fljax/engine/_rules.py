@@ -285,6 +285,15 @@ def validate_arguments(algorithm, model, data, rounds, clients_per_round, eval_e
                          f"{seed}")  # fmt: skip
     if int(data.test.num_examples.sum()) == 0:
         raise ValueError("the federation has no test examples (test_fraction=0?)")
+    empty = np.flatnonzero(np.asarray(data.train.num_examples) == 0)
+    if empty.size and algorithm.mode != "centralized":
+        names = ", ".join(f"{i} ({data.client_names[i]})" for i in empty[:10])
+        raise ValueError(
+            f"data: client(s) {names} have no training examples; selected, they would count "
+            "as participants and in bytes and dilute uniform weighting while training nothing. "
+            "Drop them with fljax.data.drop_empty_clients(data) (fljax-run: "
+            "empty_clients=drop)"
+        )
     if isinstance(algorithm.local_steps, tuple):
         if algorithm.mode == "centralized":
             raise ValueError("per-client local_steps make no sense for centralized training")

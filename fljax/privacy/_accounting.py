@@ -223,7 +223,7 @@ def calibrate_noise_multiplier(
             f"target_epsilon={target_epsilon:g} is out of reach at delta={delta:g} over {count} "
             f"rounds/steps: the {accountant} accountant's bound hits 0 (delta alone covers the "
             f"mechanism) at noise_multiplier ~{z:.3g}: calibration lands where the bound "
-            "vanishes, not at the target, and such noise drowns every update. Choose a larger target_epsilon (the "
-            "usual range is 0.1 to 10) or a smaller delta"
+            "vanishes, not at the target, and such noise drowns every update. Choose a larger "
+            "target_epsilon (the usual range is 0.1 to 10) or a smaller delta"
         )
     return float(z)
