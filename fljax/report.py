@@ -87,7 +87,9 @@ def group(runs: list[dict]) -> dict[tuple, list[dict]]:
     return dict(sorted(groups.items()))
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """The mean and the sample standard deviation (ddof 1; 0.0 for one value) of the finite
+    values (NaN for none): the one convention of fljax's seed summaries and reports."""
     v = np.asarray([x for x in values if x is not None and math.isfinite(x)], np.float64)
     if v.size == 0:
         return float("nan"), float("nan")
@@ -120,7 +122,7 @@ def table(groups: dict[tuple, list[dict]], metrics: list[str]) -> tuple[list[str
         values = dict(g)
         row = [values.get(k, "") for k in keys] + [len(runs)]
         for m in metrics:
-            row += _mean_std([r["summary"]["metrics"].get(m) for r in runs])
+            row += mean_std([r["summary"]["metrics"].get(m) for r in runs])
         rows.append(row)
     return header, rows
 

@@ -17,7 +17,6 @@ from typing import Any, NamedTuple
 
 import hydra
 import jax
-import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -35,6 +34,7 @@ from fljax._io import (
 from fljax.data import drop_empty_clients
 from fljax.metrics import HIGHER_IS_BETTER
 from fljax.models import load_weights
+from fljax.report import mean_std
 from fljax.simulate import SimulationResult, auto_client_chunk, simulate
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -232,12 +232,6 @@ def _finished(cfg: DictConfig, data, res: SimulationResult, objective: str) -> d
     return out
 
 
-def _sample_std(values: list[float]) -> float:
-    """The sample standard deviation (ddof 1) of the finite values; 0.0 for one value."""
-    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], np.float64)
-    return float(v.std(ddof=1)) if v.size > 1 else 0.0
-
-
 def _many_runs_summary(cfg, data, run_dir, runs, results, summary, objective, seeds, sweep):
     """Each run's folder (summary, params) and the top summary: every setting's mean and std
     over seeds, the best setting as the objective."""
@@ -252,8 +246,8 @@ def _many_runs_summary(cfg, data, run_dir, runs, results, summary, objective, se
         _write_summary(folder, one)
         by_setting.setdefault(tuple(v.items()), []).append(one["objective"]["value"])
     settings = [
-        {"sweep": dict(k) or None, "mean": float(np.nanmean(vals)),
-         "std": _sample_std(vals), "per_seed": vals}
+        dict(zip(("mean", "std"), mean_std(vals), strict=True), sweep=dict(k) or None,
+             per_seed=vals)
         for k, vals in by_setting.items()
     ]  # fmt: skip
     higher = HIGHER_IS_BETTER.get(objective.split("_", 1)[1].removesuffix("_client_mean"),
@@ -324,16 +318,16 @@ def _write_summary(run_dir: Path, summary: dict) -> None:
     write_atomic(run_dir / SUMMARY_FILE, json.dumps(to_jsonable(summary), indent=2))
 
 
-def _open_folder(cfg: DictConfig, run_dir: Path, resume: bool) -> dict:
-    """Checks the (locked) run folder for the run asked for and returns the resolved config:
-    resuming, a saved step and the same configuration but for the resumable keys; fresh, a
-    folder without results (they are deleted only with ``overwrite=true``)."""
+def _open_folder(cfg: DictConfig, run_dir: Path, resume: bool) -> None:
+    """Checks the (locked) run folder for the run asked for: resuming, a saved step and the
+    same configuration but for the resumable keys; fresh, a folder without results (they are
+    deleted only with ``overwrite=true``), then the configuration saved."""
     config = OmegaConf.to_container(cfg, resolve=True)
     if resume:
         if latest_step(run_dir / RESUME_DIR) is None:
             raise ValueError(f"resume=true but {run_dir} has no checkpoint ({RESUME_DIR}/)")
         _folder.check_config(run_dir, config)
-        return config
+        return
     present = _folder.results_in(run_dir)
     if present and not cfg.get("overwrite", False):
         raise _folder.RunFolderExistsError(
@@ -344,7 +338,6 @@ def _open_folder(cfg: DictConfig, run_dir: Path, resume: bool) -> dict:
     _folder.clear_results(run_dir)
     _folder.save_config(run_dir, config)
     _folder.snapshot_hydra(run_dir)
-    return config
 
 
 def run(cfg: DictConfig, run_dir: str | Path) -> SimulationResult:
