@@ -1,24 +1,42 @@
 # fljax: two commands on a fresh machine.
 #   make demo   FedAvg on breast cancer over 8 hospitals, prints a per-hospital table
-#   make test   ruff + the whole test suite
+#               (installs the runtime dependencies only)
+#   make test   ruff + the whole test suite (installs the dev extra, TensorFlow included)
 # Each creates .venv (Python >= 3.11) and installs what it needs on first use.
+#   make run ARGS="algorithm=fedprox rounds=20"   fljax-run with overrides
+#   make notebooks                                 Jupyter Lab on notebooks/ (notebooks extra)
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-dev
+RUNTIME = $(VENV)/.installed-run
+ARGS   ?=
 
-.PHONY: demo test lint bench peers clean
+.PHONY: demo run notebooks test lint bench peers clean
 
-$(STAMP): pyproject.toml
+$(VENV)/bin/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "fljax needs Python >= 3.11"'
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	touch $(STAMP)
 
-demo: $(STAMP)
+$(RUNTIME): pyproject.toml $(VENV)/bin/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(RUNTIME)
+
+$(STAMP): pyproject.toml $(VENV)/bin/python
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP) $(RUNTIME)
+
+demo: $(RUNTIME)
 	$(BIN)/fljax-run
+
+run: $(RUNTIME)
+	$(BIN)/fljax-run $(ARGS)
+
+notebooks: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[notebooks]"
+	$(BIN)/jupyter lab notebooks/
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

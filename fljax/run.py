@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any, NamedTuple
 
 import hydra
 import jax
+import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -25,6 +27,7 @@ from fljax import _folder
 from fljax._folder import RESUME_DIR
 from fljax._io import (
     SUMMARY_FILE,
+    CorruptCheckpointError,
     MetricsWriter,
     latest_step,
     save_params,
@@ -44,15 +47,35 @@ def _fmt(v) -> str:
     return "n/a" if v is None else f"{v:.4f}"
 
 
-def client_table(data, entry: dict) -> str:
-    """A per-hospital table of the test metrics of one history entry."""
+def _shown_clients(cm: dict, metric: str, num_clients: int, max_rows: int | None) -> list:
+    """The clients a table shows: all, or the ``max_rows // 2`` worst and best on ``metric``
+    (``None`` marks the gap between them)."""
+    if max_rows is None or num_clients <= max_rows:
+        return list(range(num_clients))
+    higher = HIGHER_IS_BETTER.get(metric.removeprefix("test_"), True)
+    values = np.asarray([np.nan if v is None else v for v in cm[metric]], np.float64)
+    order = np.argsort(np.where(np.isnan(values), np.inf if higher else -np.inf, values))
+    order = order if higher else order[::-1]  # worst first
+    half = max(max_rows // 2, 1)
+    return [*order[:half].tolist(), None, *order[-half:].tolist()]
+
+
+def client_table(data, entry: dict, max_rows: int | None = 20) -> str:
+    """A per-hospital table of the test metrics of one history entry; with more than
+    ``max_rows`` clients, the worst and best half of ``max_rows`` on the first metric and a
+    line saying how many are not shown (``None``: every client)."""
     cm = entry["client_metrics"]
     metric_names = [k for k in cm if k.startswith("test_")]
     header = ["client", "train n", "test n", *[k.removeprefix("test_") for k in metric_names]]
     rows = []
-    for i, name in enumerate(data.client_names):
+    shown = _shown_clients(cm, metric_names[0], len(data.client_names), max_rows)
+    for i in shown:
+        if i is None:
+            hidden = len(data.client_names) - len(shown) + 1
+            rows.append([f"... {hidden} more", "", ""] + ["..."] * len(metric_names))
+            continue
         rows.append(
-            [name, str(int(data.num_examples[i])), str(cm["num_test_examples"][i])]
+            [data.client_names[i], str(int(data.num_examples[i])), str(cm["num_test_examples"][i])]
             + [_fmt(cm[k][i]) for k in metric_names]
         )
     m = entry["metrics"]
@@ -264,13 +287,14 @@ def _many_runs_summary(cfg, data, run_dir, runs, results, summary, objective, se
         summary["settings"] = settings
 
 
-def _report(c: _Components, run_dir, results, summary, objective, seeds) -> None:
+def _report(cfg, c: _Components, run_dir, results, summary, objective, seeds) -> None:
     """The end-of-run lines: the site table, the seed summary, privacy spent, the folder."""
     final = results[0].history[-1]
     which = "" if seeds is None else f" (seed {seeds[0]} of {len(seeds)})"
     print(f"\n{c.algorithm.name} on {c.data.name}: {c.data.num_clients} clients, round "
           f"{final['round']}{which}")  # fmt: skip
-    print(client_table(c.data, final))
+    rows = cfg.get("table_rows", 20)
+    print(client_table(c.data, final, None if rows is None else int(rows)))
     if seeds is not None:
         for st in summary.get("settings") or [summary["objective"] | {"mean": None}]:
             mean = st["mean"] if st["mean"] is not None else st["value"]
@@ -297,21 +321,50 @@ def _initial_params(cfg: DictConfig, c: _Components):
     return load_weights(str(cfg.init_from), like, exclude=list(cfg.get("init_exclude") or []))
 
 
-def _simulate(cfg: DictConfig, c: _Components, seeds, sweep, state_dir, callbacks, chunk):
-    return simulate(
-        c.algorithm, c.model, c.data, rounds=int(cfg.rounds), params=_initial_params(cfg, c),
-        clients_per_round=int(cfg.clients_per_round), seed=int(cfg.seed),
-        eval_every=int(cfg.eval_every), stragglers=float(cfg.get("stragglers", 0.0)),
+def _simulate_args(cfg: DictConfig, c: _Components, seeds, sweep, state_dir, callbacks,
+                   chunk) -> dict:  # fmt: skip
+    """The arguments of :func:`fljax.simulate` for the composed config."""
+    return dict(
+        algorithm=c.algorithm, model=c.model, data=c.data, rounds=int(cfg.rounds),
+        params=_initial_params(cfg, c), clients_per_round=int(cfg.clients_per_round),
+        seed=int(cfg.seed), eval_every=int(cfg.eval_every),
+        stragglers=float(cfg.get("stragglers", 0.0)),
         straggler_policy=str(cfg.get("straggler_policy", "drop")),
         eval_train=bool(cfg.get("eval_train", False)), compression=c.compression,
         downlink=c.downlink, privacy=c.privacy, secure_aggregation=c.secagg, system=c.system,
         checkpoint_dir=None if state_dir is None else str(state_dir),
         resume=bool(cfg.get("resume", False)), callbacks=callbacks,
         progress=bool(cfg.get("progress", False)), seeds=seeds, sweep=sweep,
-        client_chunk=chunk,
-        client_map=str(cfg.get("client_map", "vmap")), aggregator=c.aggregator, attack=c.attack,
+        client_chunk=chunk, client_map=str(cfg.get("client_map", "vmap")),
+        aggregator=c.aggregator, attack=c.attack,
         reject_norm=None if cfg.get("reject_norm") is None else float(cfg.reject_norm),
     )  # fmt: skip
+
+
+def _simulate(cfg: DictConfig, c: _Components, seeds, sweep, state_dir, callbacks, chunk):
+    return simulate(**_simulate_args(cfg, c, seeds, sweep, state_dir, callbacks, chunk))
+
+
+def check(cfg: DictConfig) -> str:
+    """``dry_run=true``: builds the federation, model and components of ``cfg`` and makes
+    every check :func:`fljax.simulate` makes before compiling (arguments, the requirement
+    table, seeds, sweep); trains nothing and writes no results. Returns a one-line plan.
+
+    Raises:
+        ValueError: the first mistake, naming the field (as a real run would).
+    """
+    from fljax.engine import RunArgs, validate
+
+    c = _components(cfg)
+    seeds, sweep, runs = _seeds_and_sweep(cfg)
+    chunk = cfg.get("client_chunk")
+    chunk = None if chunk == "auto" else _client_chunk(cfg, c.algorithm, c.model, c.data)
+    validate(RunArgs(**_simulate_args(cfg, c, seeds, sweep, None, [], chunk)))
+    many = f", {len(runs)} runs in one program" if runs else ""
+    return (f"dry run: {c.algorithm.name} on {c.data.name} ({c.data.num_clients} clients, "
+            f"{int(cfg.clients_per_round)} per round), model {c.model.name}, "
+            f"{int(cfg.rounds)} rounds{many}: the configuration is valid; nothing trained, "
+            "no results written")  # fmt: skip
 
 
 def _write_summary(run_dir: Path, summary: dict) -> None:
@@ -405,13 +458,40 @@ def _write_results(cfg, c: _Components, run_dir, result, summary, seeds, sweep, 
     else:
         _many_runs_summary(cfg, c.data, run_dir, runs, results, summary, objective, seeds, sweep)
     _write_summary(run_dir, summary)
-    _report(c, run_dir, results, summary, objective, seeds)
+    _report(cfg, c, run_dir, results, summary, objective, seeds)
+
+
+# What a user can fix from the command line (a bad value, a missing file, a busy or occupied
+# folder, a run that diverged): one line on stderr instead of a traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, FloatingPointError,
+               _folder.RunFolderBusyError, CorruptCheckpointError)  # fmt: skip
+
+
+def user_error(err: BaseException) -> BaseException | None:
+    """The error a user can fix behind ``err`` (Hydra's instantiation wrapper unwrapped), or
+    ``None`` for anything else (a bug: its traceback is kept)."""
+    from hydra.errors import InstantiationException
+
+    while isinstance(err, InstantiationException) and err.__cause__ is not None:
+        err = err.__cause__
+    return err if isinstance(err, USER_ERRORS) else None
 
 
 @hydra.main(version_base=None, config_path=CONF_DIR, config_name="config")
 def _hydra_main(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    run(cfg, run_dir)
+    try:
+        if cfg.get("dry_run", False):
+            print(check(cfg))
+            return None
+        run(cfg, run_dir)
+    except Exception as err:
+        cause = user_error(err)
+        if cause is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"fljax-run: error: {type(cause).__name__}: {cause}\n"
+              "(HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)  # fmt: skip
+        sys.exit(2)
     return json.loads((run_dir / SUMMARY_FILE).read_text())["objective"]["value"]
 
 
@@ -420,6 +500,10 @@ def main() -> None:
     from fljax._devices import set_host_device_count
 
     set_host_device_count()  # before the first JAX computation; XLA_FLAGS set by you wins
+    # Hydra logs at INFO: keep JAX's platform probing ("Unable to initialize backend 'tpu'")
+    # and orbax's per-step lines out of the run's output.
+    for name in ("jax", "absl"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     _hydra_main()
 
 

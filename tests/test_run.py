@@ -246,3 +246,54 @@ def test_cli_init_from_a_run_folder_or_weights_file_and_auto_client_map(tmp_path
     bad = fljax.models.save_weights(tmp_path / "bad.npz", params)
     with pytest.raises(ValueError, match="Dense_0/kernel has shape"):
         run(_compose([*FAST, "model=logistic", f"init_from={bad}"]), tmp_path / "c")
+
+
+def test_site_table_shows_at_most_20_rows_worst_and_best(breast_cancer_fed):
+    """Beyond ``max_rows`` clients: the 10 worst and 10 best on the first metric, a line
+    counting the others, then the pooled and client-mean rows."""
+    import dataclasses
+
+    n = 30
+    names = tuple(f"site_{i}" for i in range(n))
+    nums = np.ones(n, np.int32)
+    data = dataclasses.replace(
+        breast_cancer_fed, client_names=names,
+        train=fljax.data.ClientData(np.zeros((n, 1, 30)), np.zeros((n, 1)), nums),
+        test=fljax.data.ClientData(np.zeros((n, 1, 30)), np.zeros((n, 1)), nums),
+    )  # fmt: skip
+    acc = [(i * 7) % n / n for i in range(n)]  # a permutation of 0, 1/30, ...
+    entry = {"client_metrics": {"test_accuracy": acc, "num_test_examples": [1] * n},
+             "metrics": {"test_accuracy": 0.5, "test_accuracy_client_mean": 0.5}}  # fmt: skip
+    lines = fljax.run.client_table(data, entry).splitlines()
+    body = lines[2:-2]
+    assert len(body) == 21 and "... 10 more" in body[10]
+    shown = [float(r.split()[-1]) for r in body[:10] + body[11:]]
+    rounded = sorted(round(a, 4) for a in acc)
+    assert shown[:10] == rounded[:10] and sorted(shown[10:]) == rounded[-10:]
+    assert lines[-2].split()[0] == "pooled"
+    assert len(fljax.run.client_table(data, entry, None).splitlines()) == n + 4
+
+
+def test_a_configuration_mistake_is_one_line_without_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "fljax.run", "clients_per_round=100",
+                          "rounds=1", f"hydra.run.dir={tmp_path}"], capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 2
+    assert "fljax-run: error: ValueError: clients_per_round must be an integer in [1, " in (
+        out.stderr)
+    assert "Traceback" not in out.stderr and "Unable to initialize backend" not in out.stderr
+
+
+def test_progress_without_a_terminal_is_one_line_per_evaluation(breast_cancer_fed, capsys):
+    model = fljax.models.get("logistic", num_classes=2)
+    algo = fljax.algorithms.get("fedavg", client_lr=0.05, local_epochs=1, batch_size=16)
+    fljax.simulate(algo, model, breast_cancer_fed, rounds=4, clients_per_round=4, eval_every=2,
+                   progress=True)  # fmt: skip
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = [x for x in err.splitlines() if x.startswith("fedavg/breast_cancer")]
+    assert lines[0] == "fedavg/breast_cancer: 4 rounds, compiling..."
+    assert [x.split()[2] for x in lines[1:]] == ["2/4", "4/4"] and "test_accuracy" in lines[2]

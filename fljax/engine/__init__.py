@@ -14,6 +14,7 @@ from fljax.engine._loop import RunArgs as RunArgs
 from fljax.engine._loop import client_models as client_models
 from fljax.engine._loop import execute as execute
 from fljax.engine._loop import prepare as prepare
+from fljax.engine._loop import validate as validate
 from fljax.engine._map import CLIENT_MAPS as CLIENT_MAPS
 from fljax.engine._map import ClientMap as ClientMap
 from fljax.engine._memory import auto_client_chunk as auto_client_chunk

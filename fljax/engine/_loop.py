@@ -36,6 +36,7 @@ from fljax.engine._history import (
     stack_rounds,
 )
 from fljax.engine._identity import differences, fingerprint
+from fljax.engine._progress import Progress
 from fljax.engine._robust import RobustPlan, root_client, sample_root
 from fljax.engine._round import build_block, build_round, init_state, initial_state, train_spec
 from fljax.engine._runs import check_seeds, check_sweep
@@ -119,7 +120,8 @@ class RunArgs:
             in the last bits (the order of the cross-device sum).
         callbacks: called with each history entry as soon as it exists (e.g. to write
             ``metrics.jsonl`` so that nothing computed is lost).
-        progress: show a tqdm progress bar.
+        progress: show progress on stderr: a tqdm bar on a terminal, else one line per
+            evaluation; "compiling..." until the first block ran.
         seeds: run one independent simulation per seed as ONE compiled program (the rounds
             ``vmap``ped over a leading seed axis of the state and the keys); each run equals
             ``simulate(..., seed=s)`` (up to the last bits where XLA batches arithmetic
@@ -338,6 +340,14 @@ def _checked_setup(a: RunArgs) -> tuple[_rules.Setup, int]:
     return setup, k
 
 
+def validate(a: RunArgs) -> None:
+    """The checks :func:`prepare` makes before building anything: every argument, the
+    requirement table (:data:`fljax.engine.RULES`), seeds and the sweep; raises ValueError
+    naming the field. Nothing is compiled or trained."""
+    _checked_setup(a)
+    _runs_of(a)
+
+
 def _mesh_for(a: RunArgs, mode: str, width: int, num_runs: int, multi: bool):
     """The device mesh: ``clients`` for one run, ``("runs", "clients")`` for many (the
     cohort, or an asynchronous buffer, split over ``clients``); none for the modes that train
@@ -497,7 +507,7 @@ def _begin(run: Run, bar) -> int:
                  else jax.tree.map(jnp.asarray, host_state))  # fmt: skip
     run.choose_client_map(start, progress.get("client_map"))
     if bar is not None:
-        bar.update(start)
+        bar.resumed(start)
     return start
 
 
@@ -558,18 +568,13 @@ def execute(run: Run) -> list:
 
     a, bar = run.args, None
     if a.progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=a.rounds, unit="round", desc=f"{run.algorithm.name}/{a.data.name}")
+        bar = Progress(a.rounds, f"{run.algorithm.name}/{a.data.name}")
     try:
         start = _begin(run, bar)
         while start < a.rounds:
             end = _block(run, start)
             if bar is not None:
-                m = run.logs[-1].history[-1]["metrics"]
-                bar.set_postfix({k: f"{m[k]:.4f}" for k in ("test_loss", "test_accuracy")
-                                 if k in m})  # fmt: skip
-                bar.update(end - start)
+                bar.evaluated(start, end, run.logs[-1].history[-1]["metrics"])
             start = end
     finally:
         if bar is not None:
