@@ -86,14 +86,18 @@ def main(argv=None):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for name, (x, y) in curves.items():  # round 0 (nothing sent yet) has no place on a log axis
-        ax.plot(x[1:], y[1:], label=name, ls="--" if "EF" in name else "-", marker=".")
+    from fljax._plot import legend_outside, styles
+
+    fig, ax = plt.subplots(figsize=(10, 5))
+    for (name, (x, y)), style in zip(curves.items(), styles(len(curves)), strict=True):
+        # round 0 (nothing sent yet) has no place on a log axis
+        ax.plot(x[1:], y[1:], label=name, ls="--" if "EF" in name else "-", markersize=4,
+                **style)  # fmt: skip
     ax.set_xscale("log")
-    ax.set_xlabel("cumulative uplink bytes (all clients)")
+    ax.set_xlabel("cumulative uplink (bytes, all clients)")
     ax.set_ylabel("pooled test AUROC")
     ax.set_title(f"synthetic hospitals, 50 sites, FedAvg, {args.rounds} rounds")
-    ax.legend(fontsize=7, ncol=2)
+    legend_outside(ax)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     for ext in ("png", "pdf"):

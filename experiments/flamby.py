@@ -260,18 +260,21 @@ def plot(tables: dict, out_dir: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(tables), 1, figsize=(13, 4.2 * len(tables)), squeeze=False)
+    from fljax._plot import legend_outside, metric_label, styles
+
+    fig, axes = plt.subplots(len(tables), 1, figsize=(15, 4.2 * len(tables)), squeeze=False)
     for ax, (name, table) in zip(axes[:, 0], tables.items(), strict=True):
         strategies = [s for s in table if not s.startswith("Local")]
         n_clients = len(table[strategies[0]]["fljax"]["per_client"])
         width = 0.8 / (n_clients + 1)
         x = np.arange(len(strategies))
-        for j in range(n_clients):
+        for j, style in zip(range(n_clients), styles(n_clients), strict=True):
             ax.bar(
                 x + j * width,
                 [table[s]["fljax"]["per_client"][j] for s in strategies],
                 width,
                 label=f"client {j}",
+                color=style["color"],
             )
         ax.bar(
             x + n_clients * width,
@@ -282,10 +285,10 @@ def plot(tables: dict, out_dir: Path) -> None:
             alpha=0.7,
         )
         ax.set_xticks(x + 0.4, strategies, rotation=20)
-        ax.set_ylabel(SETUPS[name]["metric"])
+        ax.set_ylabel(f"test {metric_label(SETUPS[name]['metric'])}")
         ax.set_title(f"{name}: per-client test metric, mean over 5 seeds (fljax)")
         ax.set_ylim(0, 1)
-        ax.legend(ncol=n_clients + 1, fontsize=8, loc="lower right")
+        legend_outside(ax)
     fig.tight_layout()
     for ext in ("png", "pdf"):
         fig.savefig(out_dir / f"flamby.{ext}", dpi=90)

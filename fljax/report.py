@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from fljax._io import SUMMARY_FILE, read_metrics
+from fljax._plot import legend_outside, metric_label, setting_label, styles
 
 SEED_KEYS = ("seed", "+seed")
 
@@ -140,24 +141,25 @@ def _markdown(header: list[str], rows: list[list], metrics: list[str]) -> str:
 
 
 def plot_curves(groups: dict[tuple, list[dict]], metric: str):
-    """Mean learning curve of ``metric`` per group with a +- 1 std band (a matplotlib Figure)."""
+    """Mean learning curve of ``metric`` per group, a marker at each evaluation and a
+    +- 1 sample-std band; the legend outside the data (a matplotlib Figure)."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for g, runs in groups.items():
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
+    for (g, runs), style in zip(groups.items(), styles(len(groups)), strict=True):
         rounds = [e["round"] for e in runs[0]["history"]]
         curves = np.array(
             [[e["metrics"].get(metric) for e in r["history"]] for r in runs], dtype=np.float64
         )
         mean = np.nanmean(curves, axis=0)
         std = np.nanstd(curves, axis=0, ddof=1) if len(runs) > 1 else np.zeros_like(mean)
-        label = ", ".join(f"{k}={v}" for k, v in g) or "all runs"
-        ax.plot(rounds, mean, label=f"{label} (n={len(runs)})")
-        ax.fill_between(rounds, mean - std, mean + std, alpha=0.2)
+        label = setting_label(g) or "all runs"
+        ax.plot(rounds, mean, label=f"{label} (n={len(runs)})", markersize=4, **style)
+        ax.fill_between(rounds, mean - std, mean + std, alpha=0.2, color=style["color"])
     ax.set_xlabel("round")
-    ax.set_ylabel(metric)
-    ax.set_title(f"{metric}: mean over seeds, band = 1 sample std")
-    ax.legend(fontsize=8)
+    ax.set_ylabel(metric_label(metric))
+    ax.set_title(f"{metric_label(metric)}: mean over seeds, band = 1 sample std")
+    legend_outside(ax)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig

@@ -45,16 +45,37 @@ def test_report_groups_seeds_into_mean_and_std(sweep, tmp_path):
 
 
 def test_curves_figure_is_readable(sweep):
+    """Title, axis labels, readable legend outside the data, a distinct colour and marker per
+    group at every evaluation, one std band per group."""
     import matplotlib
 
     matplotlib.use("Agg")
     runs = report.collect(sweep)
-    fig = report.plot_curves(report.group(runs), "test_accuracy")
+    fig = report.plot_curves(report.group(runs), "test_accuracy_client_mean")
     ax = fig.axes[0]
-    assert ax.get_xlabel() == "round" and ax.get_ylabel() == "test_accuracy"
-    labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert labels == ["algorithm.client_lr=0.05 (n=2)", "algorithm.client_lr=0.2 (n=2)"]
+    assert ax.get_xlabel() == "round" and ax.get_ylabel() == "test accuracy (client mean)"
+    assert ax.get_title().startswith("test accuracy (client mean): mean over seeds")
+    legend = ax.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["client_lr 0.05 (n=2)",
+                                                         "client_lr 0.2 (n=2)"]  # fmt: skip
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    assert legend.get_window_extent(renderer).x0 >= ax.get_window_extent(renderer).x1
+    lines = ax.get_lines()
+    assert len({(str(x.get_color()), x.get_marker()) for x in lines}) == len(lines) == 2
+    assert all(x.get_marker() not in ("", "None") for x in lines)
+    assert len(lines[0].get_xdata()) == len(runs[0]["history"])  # a point per evaluation
     assert len(ax.collections) == 2  # one std band per group
+
+
+def test_plot_style_helpers():
+    from fljax import _plot
+
+    assert _plot.metric_label("test_auroc") == "test AUROC"
+    assert _plot.metric_label("test_c_index_worst") == "test C-index (worst client)"
+    assert _plot.metric_label("local_loss") == "local loss"
+    pairs = {(str(s["color"]), s["marker"]) for s in _plot.styles(20)}
+    assert len(pairs) == 20 and len({s["color"] for s in _plot.styles(11)}) == 11
 
 
 def test_report_on_an_empty_folder_is_a_clear_error(tmp_path):
