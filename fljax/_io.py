@@ -105,7 +105,8 @@ def _is_key(x) -> bool:
     return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The SHA-256 of a file's bytes (hex), read in 1 MiB blocks."""
     h = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -185,7 +186,7 @@ def save_state(directory: str | os.PathLike, state: Any, progress: dict,
     ckptr.save(tmp / STATE_DIR, arrays)
     ckptr.wait_until_finished()
     _write_durable(tmp / PROGRESS_FILE, json.dumps(to_jsonable(progress)))
-    files = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+    files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
     _write_durable(tmp / MANIFEST_FILE, json.dumps({"round": round_idx, "sha256": files}))
     _fsync_dir(tmp)
     final = _step_dir(directory, round_idx)
@@ -219,7 +220,7 @@ def verify_step(step: str | os.PathLike) -> dict:
         path = step / name
         if not path.is_file():
             raise CorruptCheckpointError(f"{path}: missing from step {step.name}")
-        if _sha256(path) != digest:
+        if sha256_file(path) != digest:
             raise CorruptCheckpointError(
                 f"{path}: content differs from the hash saved with step {step.name} "
                 "(a flipped bit or an edit)"

@@ -29,8 +29,8 @@ from fljax._io import (
     SUMMARY_FILE,
     CorruptCheckpointError,
     MetricsWriter,
-    latest_step,
     save_params,
+    step_rounds,
     to_jsonable,
     write_atomic,
 )
@@ -377,7 +377,7 @@ def _open_folder(cfg: DictConfig, run_dir: Path, resume: bool) -> None:
     deleted only with ``overwrite=true``), then the configuration saved."""
     config = OmegaConf.to_container(cfg, resolve=True)
     if resume:
-        if latest_step(run_dir / RESUME_DIR) is None:
+        if not step_rounds(run_dir / RESUME_DIR):  # verified when the run restores it
             raise ValueError(f"resume=true but {run_dir} has no checkpoint ({RESUME_DIR}/)")
         _folder.check_config(run_dir, config)
         return

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import urllib.request
 from pathlib import Path
 from typing import NamedTuple
+
+from fljax._io import sha256_file
 
 
 class ChecksumError(ValueError):
@@ -25,17 +26,11 @@ def cache_root() -> Path:
     return Path(os.environ.get("FLJAX_DATA_DIR", Path.home() / ".cache" / "fljax"))
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify(path: Path, expected: str) -> Path:
     """Raises :class:`ChecksumError` naming ``path`` when its sha256 is not ``expected``."""
-    got = sha256_of(path)
+    got = sha256_file(path)
     if got != expected:
         raise ChecksumError(
             f"{path}: sha256 {got} does not match the published {expected}; the file is "

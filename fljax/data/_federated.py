@@ -147,10 +147,11 @@ def drop_empty_clients(data: FederatedData) -> FederatedData:
     """``data`` without its clients that have no training examples (they would be selected,
     counted as participants and in bytes, and dilute uniform weighting, while training
     nothing); their names are listed in ``info["dropped_empty_clients"]``."""
-    keep = np.flatnonzero(np.asarray(data.train.num_examples) > 0)
+    nonempty = np.asarray(data.train.num_examples) > 0
+    keep = np.flatnonzero(nonempty)
     if keep.size == 0:
         raise ValueError(f"dataset {data.name!r}: no client has training examples")
-    dropped = [data.client_names[i] for i in range(data.num_clients) if i not in set(keep)]
+    dropped = [n for n, m in zip(data.client_names, nonempty, strict=True) if not m]
     if not dropped:
         return data
     take = lambda split: ClientData(*(np.asarray(a)[keep] for a in split))  # noqa: E731

@@ -228,6 +228,7 @@ class Run:
     mesh: Any
     strategies: tuple[str, ...]
     identity: dict = dataclasses.field(default_factory=dict)  # saved with steps, see _identity
+    # (computed only with a checkpoint_dir: it hashes the whole federation)
     run_block: Any = None
     client_map: dict = dataclasses.field(default_factory=dict)
     compiled: dict = dataclasses.field(default_factory=dict)  # block length -> executable
@@ -417,7 +418,9 @@ def prepare(a: RunArgs) -> Run:
             for s_, i in runs]  # fmt: skip
     strategies = _auto.candidates(mode in SERIAL_MODES, mesh, a.client_chunk)
     return Run(a, algorithm, state, k_rounds, train, block_for, recorder, logs, width, params,
-               mesh, strategies, fingerprint(asked, params), compile_s=compile_s,
+               mesh, strategies,
+               fingerprint(asked, params) if a.checkpoint_dir is not None else {},
+               compile_s=compile_s,
                t_start=t_start)  # fmt: skip
 
 
