@@ -28,6 +28,31 @@ SETTINGS = {
 }
 
 
+def figure(curves: dict, title: str):
+    """Pooled test AUROC against cumulative uplink bytes, one series per setting; error
+    feedback dashed (a Figure)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fljax._plot import legend_outside, styles
+
+    fig, ax = plt.subplots(figsize=(10, 5))
+    for (name, (x, y)), style in zip(curves.items(), styles(len(curves)), strict=True):
+        # round 0 (nothing sent yet) has no place on a log axis
+        ax.plot(x[1:], y[1:], label=name, ls="--" if "EF" in name else "-", markersize=4,
+                **style)  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("cumulative uplink (bytes, all clients)")
+    ax.set_ylabel("pooled test AUROC")
+    ax.set_title(title)
+    legend_outside(ax)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=60)
@@ -81,25 +106,7 @@ def main(argv=None):
                 f"  ratio {table[name]['compression_ratio']:6.1f}x",
                 flush=True,
             )
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from fljax._plot import legend_outside, styles
-
-    fig, ax = plt.subplots(figsize=(10, 5))
-    for (name, (x, y)), style in zip(curves.items(), styles(len(curves)), strict=True):
-        # round 0 (nothing sent yet) has no place on a log axis
-        ax.plot(x[1:], y[1:], label=name, ls="--" if "EF" in name else "-", markersize=4,
-                **style)  # fmt: skip
-    ax.set_xscale("log")
-    ax.set_xlabel("cumulative uplink (bytes, all clients)")
-    ax.set_ylabel("pooled test AUROC")
-    ax.set_title(f"synthetic hospitals, 50 sites, FedAvg, {args.rounds} rounds")
-    legend_outside(ax)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
+    fig = figure(curves, f"synthetic hospitals, 50 sites, FedAvg, {args.rounds} rounds")
     for ext in ("png", "pdf"):
         fig.savefig(args.out / f"compression_tradeoff.{ext}", dpi=90)
     wall = time.perf_counter() - t0

@@ -177,12 +177,23 @@ def _table(rows, cols):
 
 
 def plot(record, client, path: Path) -> None:
+    fig = figure(record, client)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+def figure(record, client):
+    """Left and middle: pooled test accuracy and AUROC against epsilon (record-level DP-SGD,
+    client-level DP-FedAvg) with the non-private values dashed; right: membership-inference
+    AUC against record-level epsilon (a Figure)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    from fljax._plot import legend_below
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.8))
     for ax, rows, title in (
         (axes[0], record, "record-level DP-SGD, Fed-Heart-Disease (4 sites)"),
         (axes[1], client, "client-level DP-FedAvg, 500 synthetic hospitals"),
@@ -197,7 +208,7 @@ def plot(record, client, path: Path) -> None:
         ax.set_xlabel("epsilon (delta = 1e-5)")
         ax.set_ylabel("pooled test metric")
         ax.set_title(title, fontsize=9)
-        ax.legend(fontsize=7)
+        legend_below(ax)
     ax = axes[2]
     finite = [r for r in record if math.isfinite(r["epsilon"])]
     eps = [r["epsilon"] for r in finite]
@@ -210,10 +221,9 @@ def plot(record, client, path: Path) -> None:
     ax.set_xlabel("record-level epsilon")
     ax.set_ylabel("attack AUC (0.5 = chance)")
     ax.set_title("membership inference vs epsilon (Fed-Heart-Disease)", fontsize=9)
-    ax.legend(fontsize=7)
+    legend_below(ax)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    return fig
 
 
 def main(argv=None) -> dict:

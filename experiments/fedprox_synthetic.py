@@ -109,10 +109,20 @@ def claims(results: dict) -> dict:
 
 
 def plot(results: dict, out_dir: Path) -> None:
+    fig = figure(results)
+    for ext in ("png", "pdf"):
+        fig.savefig(out_dir / f"fedprox_synthetic.{ext}", dpi=90)
+
+
+def figure(results: dict):
+    """Training loss against rounds, one panel per dataset and straggler level, one series
+    per method; the legend right of the top-right panel (a Figure)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from fljax._plot import legend_outside, styles
 
     datasets = list(results)
     levels = [float(f) for f in results[datasets[0]]]
@@ -126,18 +136,19 @@ def plot(results: dict, out_dir: Path) -> None:
     for j, ds in enumerate(datasets):
         for i, frac in enumerate(levels):
             ax = axes[i, j]
-            for m in METHODS:
+            for m, style in zip(METHODS, styles(len(METHODS)), strict=True):
                 r = results[ds][str(frac)][m]
-                ax.plot(r["rounds"], r["train_loss"], label=m)
+                every = max(1, len(r["rounds"]) // 10)
+                ax.plot(r["rounds"], r["train_loss"], label=m, markevery=every, markersize=4,
+                        **style)  # fmt: skip
             ax.set_title(f"{ds}, {int(frac * 100)}% stragglers", fontsize=10)
             ax.set_xlabel("round")
             ax.set_ylabel("training loss")
             ax.set_yscale("log")
-    axes[0, 0].legend()
+    legend_outside(axes[0, -1], title="method")
     fig.suptitle("FedProx synthetic experiments (Li et al. 2020, Fig. 1), reproduced with fljax")
     fig.tight_layout()
-    for ext in ("png", "pdf"):
-        fig.savefig(out_dir / f"fedprox_synthetic.{ext}", dpi=90)
+    return fig
 
 
 def main(argv=None):

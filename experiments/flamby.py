@@ -255,6 +255,13 @@ def within(ours: list[float], theirs: list[float]) -> bool:
 
 
 def plot(tables: dict, out_dir: Path) -> None:
+    fig = figure(tables)
+    for ext in ("png", "pdf"):
+        fig.savefig(out_dir / f"flamby.{ext}", dpi=90)
+
+
+def figure(tables: dict):
+    """Per-client and pooled test metric of each strategy, one panel per dataset (a Figure)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -285,13 +292,13 @@ def plot(tables: dict, out_dir: Path) -> None:
             alpha=0.7,
         )
         ax.set_xticks(x + 0.4, strategies, rotation=20)
+        ax.set_xlabel("strategy")
         ax.set_ylabel(f"test {metric_label(SETUPS[name]['metric'])}")
         ax.set_title(f"{name}: per-client test metric, mean over 5 seeds (fljax)")
         ax.set_ylim(0, 1)
         legend_outside(ax)
     fig.tight_layout()
-    for ext in ("png", "pdf"):
-        fig.savefig(out_dir / f"flamby.{ext}", dpi=90)
+    return fig
 
 
 def main(argv=None):

@@ -80,12 +80,24 @@ def _subset(p, value: str, table: dict, flag: str) -> list[str]:
 
 def heat_map(matrix: np.ndarray, rows: list, cols: list, path: Path, title: str,
              metric: str) -> None:  # fmt: skip
+    fig = figure(matrix, rows, cols, title, metric)
+    fig.savefig(path, dpi=130)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def figure(matrix: np.ndarray, rows: list, cols: list, title: str, metric: str):
+    """The defense (row) x attack (column) matrix of ``metric``, each cell annotated,
+    coloured from chance (red) to 1 (green) (a Figure)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(cols), 0.9 + 0.45 * len(rows)))
+    from fljax._plot import metric_label
+
+    fig, ax = plt.subplots(figsize=(1.6 + 0.9 * len(cols), 1.4 + 0.45 * len(rows)))
     low = 0.5 if metric.endswith("auroc") else 0.0  # chance
     im = ax.imshow(matrix, cmap="RdYlGn", vmin=low, vmax=1.0, aspect="auto")
     ax.set_xticks(range(len(cols)), cols, rotation=35, ha="right")
@@ -93,11 +105,12 @@ def heat_map(matrix: np.ndarray, rows: list, cols: list, path: Path, title: str,
     for i in range(len(rows)):
         for j in range(len(cols)):
             ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=8)
+    ax.set_xlabel("attack")
+    ax.set_ylabel("defense (aggregator)")
     ax.set_title(title, fontsize=10)
-    fig.colorbar(im, ax=ax, label=metric)
+    fig.colorbar(im, ax=ax, label=metric_label(metric))
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    return fig
 
 
 def main(argv=None):

@@ -47,6 +47,28 @@ def settings(num_clients: int, k: int, deadline: float):
     }  # fmt: skip
 
 
+def figure(curves: dict, target: float, title: str):
+    """Pooled test AUROC against simulated hours, one series per setting (a Figure)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fljax._plot import legend_outside, styles
+
+    fig, ax = plt.subplots(figsize=(10, 5))
+    for (name, (h, a)), style in zip(curves.items(), styles(len(curves)), strict=True):
+        ax.plot(h, a, label=name, markersize=4, **style)
+    ax.axhline(target, color="grey", lw=0.8, ls="--", label=f"target {target}")
+    ax.set_xlabel("simulated wall-clock time (hours)")
+    ax.set_ylabel("pooled test AUROC")
+    ax.set_title(title)
+    legend_outside(ax)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--clients", type=int, default=100)
@@ -98,22 +120,8 @@ def main(argv=None) -> dict:
               f"to {args.target}: {'never' if reached is None else f'{reached:.2f} h':>8}  "
               f"updates used {r['aggregated_updates']:4d}  staleness {r['staleness_mean']:.2f}",
               flush=True)  # fmt: skip
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for name, (h, a) in curves.items():
-        ax.plot(h, a, marker=".", label=name)
-    ax.axhline(args.target, color="grey", lw=0.8, ls="--", label=f"target {args.target}")
-    ax.set_xlabel("simulated hours")
-    ax.set_ylabel("pooled test AUROC")
-    ax.set_title(f"{args.clients} synthetic hospitals, skewed device profiles, "
-                 f"{args.updates} client updates each")  # fmt: skip
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
+    fig = figure(curves, args.target, f"{args.clients} synthetic hospitals, skewed device "
+                 f"profiles, {args.updates} client updates each")  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out / "time_to_accuracy.png", dpi=100)
     wall = time.perf_counter() - t0

@@ -25,6 +25,12 @@ def legend_outside(ax, title: str | None = None):
                      fontsize=8, title=title)  # fmt: skip
 
 
+def legend_below(ax, ncol: int = 2):
+    """The legend under the axes (below its x label), for panels side by side."""
+    return ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), borderaxespad=0.0,
+                     fontsize=8, ncol=ncol)  # fmt: skip
+
+
 def metric_label(name: str) -> str:
     """``test_auroc_client_mean`` -> ``test AUROC (client mean)``."""
     suffix = next((s for s in SUFFIXES if name.endswith(s)), "")
@@ -38,3 +44,75 @@ def metric_label(name: str) -> str:
 def setting_label(pairs) -> str:
     """Overrides ``[("algorithm.client_lr", "0.05")]`` as ``client_lr 0.05``."""
     return ", ".join(f"{k.rsplit('.', 1)[-1]} {v}" for k, v in pairs)
+
+
+def bar_styles(n: int) -> list[dict]:
+    """``n`` distinct ``{color, hatch}`` pairs for bars (a hatch repeats only with a new
+    colour)."""
+    hatches = ("", "//", "..", "xx", "\\\\")
+    return [{"color": s["color"], "hatch": hatches[(i // 10) % len(hatches)]}
+            for i, s in enumerate(styles(n))]  # fmt: skip
+
+
+def _is_colorbar(ax) -> bool:
+    return getattr(ax, "_colorbar", None) is not None
+
+
+def _series(ax) -> list[tuple[str, tuple]]:
+    """``(label, look)`` of each labelled line and bar group of ``ax``."""
+    from matplotlib.colors import to_rgba
+
+    out = []
+    for line in ax.get_lines():
+        label = line.get_label()
+        if not label.startswith("_"):
+            look = (to_rgba(line.get_color()), line.get_marker(), line.get_linestyle())
+            out.append((label, look))
+    for container in ax.containers:
+        label = container.get_label()
+        if label and not label.startswith("_") and container.patches:
+            patch = container.patches[0]
+            out.append((label, (to_rgba(patch.get_facecolor()), patch.get_hatch())))
+    return out
+
+
+def style_problems(fig) -> list[str]:
+    """What keeps ``fig`` from the house style: an axes without a title (its own or the
+    figure's), an unlabelled axis or colour bar, two series that look alike, several series
+    of which one is named in no legend of the figure, a legend over any axes' data area.
+    Empty when the figure conforms."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    axes = [ax for ax in fig.axes if ax.get_visible() and not _is_colorbar(ax)]
+    areas = [ax.get_window_extent(renderer) for ax in axes]
+    suptitle = fig._suptitle.get_text() if fig._suptitle is not None else ""
+    legends = [(f"legend of {ax.get_title() or i}", ax.get_legend()) for i, ax in enumerate(axes)]
+    legends += [("figure legend", lg) for lg in fig.legends]
+    named = {t.get_text() for _, lg in legends if lg is not None for t in lg.get_texts()}
+    problems = []
+    for i, ax in enumerate(axes):
+        name = f"axes {i} ({ax.get_title()!r})"
+        if not (ax.get_title() or suptitle):
+            problems.append(f"axes {i}: no title")
+        for axis in ("x", "y"):
+            if not getattr(ax, f"get_{axis}label")():
+                problems.append(f"{name}: no {axis} label")
+        series = _series(ax)
+        looks = [look for _, look in series]
+        for label, look in series:
+            if looks.count(look) > 1:
+                problems.append(f"{name}: series {label!r} looks like another")
+        unnamed = [label for label, _ in series if label not in named]
+        if len(series) > 1 and unnamed:
+            problems.append(f"{name}: series {unnamed} in no legend")
+    for ax in fig.axes:
+        if _is_colorbar(ax) and not (ax.get_ylabel() or ax.get_xlabel()):
+            problems.append("colour bar without a label")
+    for name, legend in legends:
+        if legend is None:
+            continue
+        box = legend.get_window_extent(renderer)
+        for ax, area in zip(axes, areas, strict=True):
+            if box.overlaps(area):
+                problems.append(f"{name} covers the data of axes {ax.get_title()!r}")
+    return sorted(set(problems))

@@ -144,6 +144,7 @@ def plot_curves(groups: dict[tuple, list[dict]], metric: str):
     """Mean learning curve of ``metric`` per group, a marker at each evaluation and a
     +- 1 sample-std band; the legend outside the data (a matplotlib Figure)."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(8.5, 4.5))
     for (g, runs), style in zip(groups.items(), styles(len(groups)), strict=True):
@@ -157,10 +158,70 @@ def plot_curves(groups: dict[tuple, list[dict]], metric: str):
         ax.plot(rounds, mean, label=f"{label} (n={len(runs)})", markersize=4, **style)
         ax.fill_between(rounds, mean - std, mean + std, alpha=0.2, color=style["color"])
     ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(metric_label(metric))
     ax.set_title(f"{metric_label(metric)}: mean over seeds, band = 1 sample std")
     legend_outside(ax)
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def _evaluated(history: list[dict], metric: str) -> list[dict]:
+    return [e for e in history if e.get("metrics", {}).get(metric) is not None]
+
+
+def plot_sites(history: list[dict], metric: str, names: list[str] | None = None,
+               max_bars: int = 40):  # fmt: skip
+    """Per-hospital view of ``metric`` (a test metric, e.g. ``test_accuracy``): left, each
+    site's value at the last evaluation with the worst site marked and the pooled and
+    client-mean values as lines (a histogram of sites beyond ``max_bars`` sites); right, the
+    pooled, client-mean and worst-site curves over rounds (a matplotlib Figure)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    from fljax.metrics import HIGHER_IS_BETTER
+
+    entries = _evaluated(history, metric)
+    if not entries:
+        raise ValueError(f"metric {metric!r} was never evaluated; choose from "
+                         f"{sorted(history[-1].get('metrics', {}))}")  # fmt: skip
+    last = entries[-1]
+    values = np.asarray(last["client_metrics"][metric], np.float64)
+    names = list(names) if names is not None else [f"client {i}" for i in range(values.size)]
+    higher = HIGHER_IS_BETTER.get(metric.removeprefix("test_").removeprefix("train_"), True)
+    worst = int(np.nanargmin(values) if higher else np.nanargmax(values))
+    label = metric_label(metric)
+    pooled, mean = last["metrics"][metric], last["metrics"][f"{metric}_client_mean"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.2), width_ratios=(1.4, 1))
+    line_styles = styles(3)
+    if values.size <= max_bars:
+        colors = ["tab:red" if i == worst else "tab:blue" for i in range(values.size)]
+        ax1.bar(range(values.size), values, color=colors)
+        ax1.set_xticks(range(values.size), names, rotation=45, ha="right", fontsize=8)
+        ax1.set_xlabel("hospital (red: worst)")
+        ax1.set_ylabel(label)
+    else:
+        ax1.hist(values[np.isfinite(values)], bins=30, color="tab:blue")
+        ax1.set_xlabel(f"{label} of a hospital (worst: {names[worst]})")
+        ax1.set_ylabel("hospitals (count)")
+    line = ax1.axhline if values.size <= max_bars else ax1.axvline
+    for name, v, color, ls in (("pooled", pooled, "black", "--"),
+                               ("client mean", mean, "tab:gray", ":")):  # fmt: skip
+        line(v, color=color, ls=ls, label=f"{name} {v:.4f}")
+    ax1.set_title(f"{label} per hospital, round {last['round']}")
+    legend_outside(ax1)
+    rounds = [e["round"] for e in entries]
+    for (name, key), st in zip((("pooled", metric), ("client mean", f"{metric}_client_mean"),
+                                ("worst hospital", f"{metric}_worst")), line_styles,
+                               strict=True):  # fmt: skip
+        ax2.plot(rounds, [e["metrics"][key] for e in entries], label=name, markersize=4, **st)
+    ax2.set_xlabel("round")
+    ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax2.set_ylabel(label)
+    ax2.set_title(f"{label} over rounds")
+    legend_outside(ax2)
+    ax2.grid(alpha=0.3)
     fig.tight_layout()
     return fig
 

@@ -56,6 +56,8 @@ def plot_federation(fed: FederatedData, max_clients: int = 50):
     matplotlib Figure (the first ``max_clients`` clients)."""
     import matplotlib.pyplot as plt
 
+    from fljax._plot import bar_styles, legend_outside
+
     info = describe(fed)
     rows = info["clients"][:max_clients]
     fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(rows) + 2), 4))
@@ -63,15 +65,15 @@ def plot_federation(fed: FederatedData, max_clients: int = 50):
     if fed.task == "classification":
         counts = np.array([r["labels"] for r in rows])
         bottom = np.zeros(len(rows))
-        for k in range(counts.shape[1]):
-            ax.bar(idx, counts[:, k], bottom=bottom, label=f"class {k}")
+        for k, style in enumerate(bar_styles(counts.shape[1])):
+            ax.bar(idx, counts[:, k], bottom=bottom, label=f"class {k}", **style)
             bottom += counts[:, k]
-        ax.legend(fontsize=8, ncol=min(counts.shape[1], 5))
+        legend_outside(ax, title="label")
     else:
         ax.bar(idx, [r["train"] for r in rows])
     ax.set_xticks(idx, [str(r["client"]) for r in rows], rotation=60, ha="right", fontsize=7)
     ax.set_xlabel("client")
-    ax.set_ylabel("training examples")
+    ax.set_ylabel("training examples (count)")
     ax.set_title(
         f"{fed.name}: {fed.num_clients} clients, size CV {info['size_cv']:.2f}"
         + (f", label skew {info['label_skew']:.2f}" if "label_skew" in info else "")
