@@ -1,7 +1,8 @@
 # fljax: two commands on a fresh machine.
 #   make demo   FedAvg on breast cancer over 8 hospitals, prints a per-hospital table
 #               (installs the runtime dependencies only)
-#   make test   ruff + the whole test suite (installs the dev extra, TensorFlow included)
+#   make test   ruff + the whole test suite (installs the dev extra, TensorFlow included, and,
+#               as root with apt, Debian's Chromium for the HTML report's browser test)
 # Each creates .venv (Python >= 3.11) and installs what it needs on first use.
 #   make run ARGS="algorithm=fedprox rounds=20"   fljax-run with overrides
 #   make notebooks                                 Jupyter Lab on notebooks/ (notebooks extra)
@@ -13,7 +14,7 @@ STAMP   = $(VENV)/.installed-dev
 RUNTIME = $(VENV)/.installed-run
 ARGS   ?=
 
-.PHONY: demo run notebooks test lint bench peers clean
+.PHONY: demo run notebooks test lint bench peers clean chromium
 
 $(VENV)/bin/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "fljax needs Python >= 3.11"'
@@ -41,7 +42,13 @@ notebooks: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-test: $(STAMP)
+chromium:  # Debian's package; without root or apt the browser test skips and says why
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	  --no-install-recommends chromium >/dev/null; } \
+	  || echo "Chromium not installed: the HTML report's browser test will be skipped"
+
+test: $(STAMP) chromium
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n 2 --dist worksteal  # two workers; idle one steals queued tests
 

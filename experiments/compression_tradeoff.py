@@ -34,23 +34,12 @@ def figure(curves: dict, title: str):
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from fljax._plot import series_figure
 
-    from fljax._plot import legend_outside, styles
-
-    fig, ax = plt.subplots(figsize=(10, 5))
-    for (name, (x, y)), style in zip(curves.items(), styles(len(curves)), strict=True):
-        # round 0 (nothing sent yet) has no place on a log axis
-        ax.plot(x[1:], y[1:], label=name, ls="--" if "EF" in name else "-", markersize=4,
-                **style)  # fmt: skip
-    ax.set_xscale("log")
-    ax.set_xlabel("cumulative uplink (bytes, all clients)")
-    ax.set_ylabel("pooled test AUROC")
-    ax.set_title(title)
-    legend_outside(ax)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
+    # round 0 (nothing sent yet) has no place on a log axis
+    return series_figure({name: (x[1:], y[1:]) for name, (x, y) in curves.items()}, title,
+                         "cumulative uplink (bytes, all clients)", "pooled test AUROC",
+                         dashed=[n for n in curves if "EF" in n], xscale="log")  # fmt: skip
 
 
 def main(argv=None):

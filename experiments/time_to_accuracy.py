@@ -52,21 +52,10 @@ def figure(curves: dict, target: float, title: str):
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from fljax._plot import series_figure
 
-    from fljax._plot import legend_outside, styles
-
-    fig, ax = plt.subplots(figsize=(10, 5))
-    for (name, (h, a)), style in zip(curves.items(), styles(len(curves)), strict=True):
-        ax.plot(h, a, label=name, markersize=4, **style)
-    ax.axhline(target, color="grey", lw=0.8, ls="--", label=f"target {target}")
-    ax.set_xlabel("simulated wall-clock time (hours)")
-    ax.set_ylabel("pooled test AUROC")
-    ax.set_title(title)
-    legend_outside(ax)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
+    return series_figure(curves, title, "simulated wall-clock time (hours)",
+                         "pooled test AUROC", hlines=[(target, f"target {target}")])
 
 
 def main(argv=None) -> dict:

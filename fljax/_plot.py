@@ -46,6 +46,26 @@ def setting_label(pairs) -> str:
     return ", ".join(f"{k.rsplit('.', 1)[-1]} {v}" for k, v in pairs)
 
 
+def series_figure(series: dict, title: str, xlabel: str, ylabel: str, *, dashed=(),
+                  xscale: str = "linear", hlines=(), figsize=(10, 5)):  # fmt: skip
+    """One line per named series ``{name: (x, y)}`` in its own colour and marker (dashed for
+    the names in ``dashed``), grey reference lines ``hlines = [(y, label)]``, the legend
+    outside (a matplotlib Figure)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=figsize)
+    for (name, (x, y)), style in zip(series.items(), styles(len(series)), strict=True):
+        ax.plot(x, y, label=name, ls="--" if name in dashed else "-", markersize=4, **style)
+    for y, label in hlines:
+        ax.axhline(y, color="grey", lw=0.8, ls="--", label=label)
+    ax.set_xscale(xscale)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    legend_outside(ax)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def bar_styles(n: int) -> list[dict]:
     """``n`` distinct ``{color, hatch}`` pairs for bars (a hatch repeats only with a new
     colour)."""

@@ -231,8 +231,11 @@ def report(
     out: str | Path | None = None,
     metrics: list[str] | None = None,
     curve_metric: str | None = None,
+    html: bool = False,
+    html_groups: int = 8,
 ) -> dict:
-    """Writes report.md, report.csv, curves.png and curves.pdf; returns their paths."""
+    """Writes report.md, report.csv, curves.png and curves.pdf (and, with ``html``, the
+    self-contained report.html of :mod:`fljax._report_html`); returns their paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -249,7 +252,18 @@ def report(
     fig = plot_curves(groups, curve_metric)
     for ext in ("png", "pdf"):
         fig.savefig(out / f"curves.{ext}", dpi=100)
-    return {
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    paths = {}
+    if html:
+        from fljax._report_html import write_html
+
+        worst = f"{curve_metric}_worst"
+        curves = [curve_metric] + [worst] * any(worst in e["metrics"] for e in runs[0]["history"])
+        paths["html"] = write_html(root, out, runs, groups, metrics, (header, rows), curves,
+                                   max_groups=html_groups)  # fmt: skip
+    return paths | {
         "markdown": out / "report.md",
         "csv": out / "report.csv",
         "figure": out / "curves.png",
@@ -264,12 +278,16 @@ def main(argv=None) -> None:
     p.add_argument("--out", type=Path, default=None, help="where to write (default: sweep)")
     p.add_argument("--metrics", nargs="+", default=None, help="final metrics in the table")
     p.add_argument("--curve", default=None, help="metric of the learning curves")
+    p.add_argument("--html", action="store_true",
+                   help="also write report.html: one self-contained page (figures embedded)")
+    p.add_argument("--html-groups", type=int, default=8,
+                   help="settings with a per-hospital section in report.html (default 8)")
     args = p.parse_args(argv)
-    paths = report(args.sweep, args.out, args.metrics, args.curve)
+    paths = report(args.sweep, args.out, args.metrics, args.curve, args.html, args.html_groups)
     print(Path(paths["markdown"]).read_text())
     print(
         f"{paths['runs']} runs in {paths['rows']} groups; wrote {paths['csv']}, "
-        f"{paths['figure']} (and .pdf)"
+        f"{paths['figure']} (and .pdf)" + (f", {paths['html']}" if "html" in paths else "")
     )
 
 

@@ -2,7 +2,9 @@
 
 import csv
 import json
+import shutil
 
+import numpy as np
 import pytest
 
 from fljax import report
@@ -66,6 +68,9 @@ def test_curves_figure_is_readable(sweep):
     assert all(x.get_marker() not in ("", "None") for x in lines)
     assert len(lines[0].get_xdata()) == len(runs[0]["history"])  # a point per evaluation
     assert len(ax.collections) == 2  # one std band per group
+    from fljax._plot import style_problems
+
+    assert style_problems(fig) == []
 
 
 def test_plot_style_helpers():
@@ -133,3 +138,60 @@ def test_report_reads_a_seeds_and_sweep_folder_with_the_cli_std(tmp_path):
         mean = sum(per_seed) / 3
         sample_std = (sum((v - mean) ** 2 for v in per_seed) / 2) ** 0.5
         assert setting["std"] == pytest.approx(sample_std, abs=1e-12)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _rendered(shot, box) -> int:
+    """Distinct colours in the screenshot inside an element's bounding box."""
+    x, y, w, h = (int(round(box[k])) for k in ("x", "y", "width", "height"))
+    return len(np.unique(shot[y : y + h, x : x + w].reshape(-1, shot.shape[2]), axis=0))
+
+
+def test_html_report_opens_in_a_headless_browser(sweep, tmp_path):
+    """report.html is one self-contained page: every figure decodes and draws in Chromium,
+    the metrics table holds mean ± std per setting, each per-hospital table highlights the
+    worst site (recomputed here from the run summaries), and nothing is fetched."""
+    if CHROMIUM is None:
+        pytest.skip("Chromium is not installed (make test installs Debian's chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from PIL import Image
+
+    report.main([str(sweep), "--out", str(tmp_path), "--html"])  # the CLI: fljax-report --html
+    path = tmp_path / "report.html"
+    text = path.read_text()
+    assert "http://" not in text and "https://" not in text  # self-contained, offline
+    runs = report.collect(sweep)
+    expected = {}
+    for g, group_runs in report.group(runs).items():
+        acc = np.mean([r["summary"]["client_metrics"]["test_accuracy"] for r in group_runs], 0)
+        expected[g[0][1]] = group_runs[0]["summary"]["client_names"][int(np.argmin(acc))]
+    with sync_api.sync_playwright() as p:
+        flags = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=flags)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        requests = []
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(path.as_uri())
+        images = page.evaluate("Array.from(document.images).map(i => [i.complete, "
+                               "i.naturalWidth, i.naturalHeight, i.alt])")  # fmt: skip
+        metric_rows = page.locator("h2:has-text('Final metrics') + p + table tr").all_inner_texts()
+        worst_rows = page.locator("tr.worst-row td:first-child").all_inner_texts()
+        headings = page.locator("h3").all_inner_texts()
+        shot_path = tmp_path / "report.png"
+        page.screenshot(path=str(shot_path), full_page=True)
+        boxes = [page.locator("img").nth(i).bounding_box() for i in range(len(images))]
+        table_box = page.locator("tr.worst-row").first.bounding_box()
+        browser.close()
+    assert [u for u in requests if not u.startswith(("file:", "data:"))] == []
+    assert len(images) == 4  # two learning curves, a per-hospital figure per setting
+    assert all(ok and w > 300 and h > 200 for ok, w, h, _ in images)
+    assert len(metric_rows) == 3 and all("±" in r for r in metric_rows[1:])
+    assert headings == ["client_lr 0.05 (n=2)", "client_lr 0.2 (n=2)"]
+    assert worst_rows == [expected["0.05"], expected["0.2"]]
+    shot = np.asarray(Image.open(shot_path).convert("RGB"))
+    for box in boxes:  # each figure drew: a plot has many colours, a blank box one
+        assert _rendered(shot, box) > 50
+    x, y = int(table_box["x"]) + 3, int(table_box["y"]) + 3  # the highlighted cell's colour
+    assert tuple(shot[y, x]) == (0xF8, 0xC9, 0xC4)

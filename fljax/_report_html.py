@@ -1,0 +1,299 @@
+"""``fljax-report <folder> --html``: one self-contained HTML file (figures embedded as PNG)
+for a run, a seeds run or a sweep: the configuration, the final metrics (mean ± sample std
+over seeds), learning curves, a per-hospital table with the worst site highlighted, fairness
+across sites, privacy spent and bytes sent. Opens in any browser, offline; nothing is
+fetched."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import io
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from fljax._folder import CONFIG_FILE, META_DIR
+from fljax._io import write_atomic
+from fljax._plot import metric_label, setting_label
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; }
+table { border-collapse: collapse; margin: .8em 0; font-size: .9em; }
+th, td { border: 1px solid #ccc; padding: .25em .6em; text-align: left; }
+th { background: #f0f0f0; } td.n { text-align: right; font-variant-numeric: tabular-nums; }
+td.worst { background: #f8c9c4; font-weight: bold; }
+tr.worst-row td:first-child { background: #f8c9c4; font-weight: bold; }
+img { max-width: 100%; border: 1px solid #eee; }
+.note { color: #666; font-size: .85em; } pre { background: #f7f7f7; padding: .8em; }
+"""
+
+
+NUMBER = re.compile(r"[-+0-9.e ±–]+")
+
+
+def _e(value) -> str:
+    return html.escape(str(value))
+
+
+def _num(value, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "–"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _table(header: list[str], rows: list[list[str]], cell_class=None, row_class=None) -> str:
+    """An HTML table of already formatted cells; ``cell_class(i, j)`` / ``row_class(i)`` name
+    the CSS class of a cell / row (or None)."""
+    out = ["<table>", "<tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr>"]
+    for i, row in enumerate(rows):
+        rc = row_class(i) if row_class else None
+        cells = []
+        for j, c in enumerate(row):
+            cc = " ".join(filter(None, [cell_class(i, j) if cell_class else None,
+                                        "n" if NUMBER.fullmatch(str(c)) else None]))
+            cells.append(f'<td class="{cc}">{_e(c)}</td>' if cc else f"<td>{_e(c)}</td>")
+        out.append((f'<tr class="{rc}">' if rc else "<tr>") + "".join(cells) + "</tr>")
+    return "\n".join([*out, "</table>"])
+
+
+def _figure(fig, alt: str) -> str:
+    """``fig`` as an embedded PNG (base64 data URI); the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _label(g: tuple) -> str:
+    return setting_label(g) or "all runs"
+
+
+def _run_config(run: dict) -> dict | None:
+    """The resolved configuration saved by ``fljax-run`` (the run's folder or, for a seed of
+    a ``seeds`` / ``sweep`` run, its parent's)."""
+    for folder in (run["path"], run["path"].parent):
+        path = folder / META_DIR / CONFIG_FILE
+        if path.exists():
+            return json.loads(path.read_text())["config"]
+    return None
+
+
+def _config_section(root: Path, runs: list[dict], groups: dict) -> str:
+    first = runs[0]["summary"]
+    facts = [("dataset", first.get("dataset")), ("clients", first.get("num_clients")),
+             ("model", first.get("model")), ("algorithm", first.get("algorithm")),
+             ("rounds", first.get("final_round")),
+             ("seeds", sorted({r["summary"].get("seed") for r in runs}, key=str))]  # fmt: skip
+    for key in ("privacy", "secagg", "compression", "aggregator", "attack"):
+        if first.get(key):
+            facts.append((key, json.dumps(first[key])))
+    parts = ["<h2>Configuration</h2>", f"<p>{len(runs)} finished runs in {len(groups)} "
+             f"settings under <code>{_e(root)}</code>.</p>",
+             _table(["setting", "value"], [[k, str(v)] for k, v in facts])]  # fmt: skip
+    varying = sorted({k for g in groups for k, _ in g})
+    if varying:
+        rows = [[k, ", ".join(sorted({v for g in groups for kk, v in g if kk == k}))]
+                for k in varying]  # fmt: skip
+        parts += ["<p>Varies across settings:</p>", _table(["key", "values"], rows)]
+    config = _run_config(runs[0])
+    if config is not None:
+        from omegaconf import OmegaConf
+
+        yaml = OmegaConf.to_yaml(OmegaConf.create(config))
+        parts.append(f"<details><summary>resolved configuration of {_e(runs[0]['path'])}"
+                     f"</summary><pre>{_e(yaml)}</pre></details>")  # fmt: skip
+    return "\n".join(parts)
+
+
+def _metrics_section(header: list[str], rows: list[list], metrics: list[str]) -> str:
+    n_keys = len(header) - 2 * len(metrics)
+    head = [*header[:n_keys], *[metric_label(m) for m in metrics]]
+    def cell(row, i):  # one run: no spread to show
+        return _num(row[i]) + ("" if row[n_keys - 1] == 1 else f" ± {_num(row[i + 1])}")
+
+    cells = [[str(c) for c in row[:n_keys]] + [cell(row, i) for i in range(n_keys, len(row), 2)]
+             for row in rows]  # fmt: skip
+    return "\n".join(["<h2>Final metrics</h2>", "<p class=note>mean ± sample standard "
+                      "deviation (ddof 1) over the seeds of each setting; n = runs.</p>",
+                      _table(head, cells)])  # fmt: skip
+
+
+def _curves_section(groups: dict, metrics: list[str]) -> str:
+    from fljax.report import plot_curves
+
+    parts = ["<h2>Learning curves</h2>"]
+    for m in metrics:
+        parts.append(_figure(plot_curves(groups, m), f"learning curve of {metric_label(m)}"))
+    return "\n".join(parts)
+
+
+def _site_values(runs: list[dict], metric: str) -> np.ndarray:
+    """Each site's ``metric`` at the end of the run, averaged over the runs (seeds)."""
+    return np.nanmean([np.asarray(r["summary"]["client_metrics"][metric], np.float64)
+                       for r in runs], axis=0)  # fmt: skip
+
+
+def _higher(metric: str) -> bool:
+    from fljax.metrics import HIGHER_IS_BETTER
+
+    return HIGHER_IS_BETTER.get(metric.removeprefix("test_"), True)
+
+
+def _worst(values: np.ndarray, metric: str) -> int:
+    return int(np.nanargmin(values) if _higher(metric) else np.nanargmax(values))
+
+
+def _shown(values: np.ndarray, worst: int, metric: str, max_rows: int) -> list[int]:
+    """Every site, or the ``max_rows // 2`` worst and best on ``metric``."""
+    if values.size <= max_rows:
+        return list(range(values.size))
+    order = np.argsort(np.where(np.isfinite(values), values, np.inf))
+    if order[0] != worst:
+        order = order[::-1]
+    half = max_rows // 2
+    return [*order[:half].tolist(), *order[-half:].tolist()]
+
+
+def _site_metrics(runs: list[dict]) -> list[str]:
+    """The per-site test metrics every run of a setting recorded (none without evaluation)."""
+    keys = [set(r["summary"].get("client_metrics") or {}) for r in runs]
+    return [k for k in (runs[0]["summary"].get("client_metrics") or {})
+            if k.startswith("test_") and all(k in ks for ks in keys)]  # fmt: skip
+
+
+def _sites_table(runs: list[dict], max_rows: int) -> str:
+    """Per-hospital test metrics (mean over the runs); the worst value of each metric and the
+    worst site on the first metric highlighted."""
+    summary = runs[0]["summary"]
+    metrics = _site_metrics(runs)
+    names = summary.get("client_names") or [str(i) for i in range(summary["num_clients"])]
+    values = {m: _site_values(runs, m) for m in metrics}
+    worst = {m: _worst(values[m], m) for m in metrics}
+    shown = _shown(values[metrics[0]], worst[metrics[0]], metrics[0], max_rows)
+    n_test = summary["client_metrics"].get("num_test_examples")
+    rows = [[names[i], "" if n_test is None else str(n_test[i]),
+             *[_num(float(values[m][i])) for m in metrics]] for i in shown]  # fmt: skip
+    note = ("" if len(shown) == len(names) else f"<p class=note>{len(names)} sites: the "
+            f"{len(shown) // 2} worst and best on {metric_label(metrics[0])} shown.</p>")
+
+    def cell(i, j):
+        return "worst" if j >= 2 and shown[i] == worst[metrics[j - 2]] else None
+
+    def row(i):
+        return "worst-row" if shown[i] == worst[metrics[0]] else None
+
+    header = ["hospital", "test n", *[metric_label(m) for m in metrics]]
+    return note + _table(header, rows, cell, row)
+
+
+def _sites_section(groups: dict, max_groups: int, max_rows: int) -> str:
+    from fljax.report import plot_sites
+
+    parts = ["<h2>Per hospital</h2>", "<p class=note>Each site's final test metrics, mean over "
+             "the seeds; the worst site of each metric is highlighted. The figure shows the "
+             "first seed's run.</p>"]  # fmt: skip
+    for k, (g, runs) in enumerate(groups.items()):
+        if k == max_groups:
+            parts.append(f"<p class=note>{len(groups) - max_groups} more settings not shown "
+                         f"(--html-groups).</p>")  # fmt: skip
+            break
+        if not _site_metrics(runs):
+            parts.append(f"<h3>{_e(_label(g))}</h3><p>no per-site test metrics recorded</p>")
+            continue
+        metric = _site_metrics(runs)[0]
+        names = runs[0]["summary"].get("client_names")
+        fig = plot_sites(runs[0]["history"], metric, names)
+        parts += [f"<h3>{_e(_label(g))} (n={len(runs)})</h3>", _sites_table(runs, max_rows),
+                  _figure(fig, f"{metric_label(metric)} per hospital, {_label(g)}")]  # fmt: skip
+    return "\n".join(parts)
+
+
+def _fairness_section(groups: dict) -> str:
+    """Spread and worst site of each metric across sites (per-site values averaged over
+    seeds): pooled, client mean, client std, worst site and value, best - worst gap."""
+    rows = []
+    for g, runs in groups.items():
+        names = runs[0]["summary"].get("client_names")
+        for m in _site_metrics(runs):
+            v = _site_values(runs, m)
+            w = _worst(v, m)
+            pooled = np.nanmean([r["summary"]["metrics"].get(m, np.nan) for r in runs])
+            best = float(np.nanmax(v) if _higher(m) else np.nanmin(v))
+            rows.append([_label(g), metric_label(m), _num(float(pooled)),
+                         _num(float(np.nanmean(v))), _num(float(np.nanstd(v))),
+                         names[w] if names else str(w), _num(float(v[w])),
+                         _num(abs(best - float(v[w])))])  # fmt: skip
+    header = ["setting", "metric", "pooled", "client mean", "client std", "worst site",
+              "worst value", "best - worst"]  # fmt: skip
+    return "\n".join(["<h2>Fairness across sites</h2>", _table(header, rows)])
+
+
+def _last_privacy(run: dict) -> dict | None:
+    return next((e["privacy"] for e in reversed(run["history"]) if "privacy" in e), None)
+
+
+def _privacy_section(groups: dict) -> str:
+    rows = []
+    for g, runs in groups.items():
+        spent = [p for p in map(_last_privacy, runs) if p is not None]
+        if spent:
+            p = spent[0]
+            eps = np.mean([q["epsilon"] for q in spent])
+            rows.append([_label(g), p.get("level", ""), p.get("relation", ""),
+                         p.get("accountant", ""), _num(float(eps), 3), f"{p['delta']:g}",
+                         _num(p.get("noise_multiplier")), _num(p.get("clip_norm"))])  # fmt: skip
+    if not rows:
+        return ""
+    header = ["setting", "level", "neighbouring relation", "accountant", "epsilon (mean)",
+              "delta", "noise multiplier", "clip norm"]  # fmt: skip
+    return "\n".join(["<h2>Privacy spent</h2>", _table(header, rows)])
+
+
+def _bytes_section(groups: dict) -> str:
+    rows = []
+    for g, runs in groups.items():
+        up = [r["summary"].get("bytes_up") for r in runs]
+        down = [r["summary"].get("bytes_down") for r in runs]
+        if any(v is not None for v in up + down):
+            mb = lambda v: _num(float(np.mean([x for x in v if x is not None])) / 1e6, 3)  # noqa: E731
+            rows.append([_label(g), mb(up), mb(down)])
+    if not rows:
+        return ""
+    return "\n".join(["<h2>Communication</h2>", _table(
+        ["setting", "uplink, all clients (MB)", "downlink, all clients (MB)"], rows)])
+
+
+def write_html(root: Path, out: Path, runs: list[dict], groups: dict, metrics: list[str],
+               table: tuple, curve_metrics: list[str], max_groups: int = 8,
+               max_rows: int = 40) -> Path:  # fmt: skip
+    """Writes ``out / "report.html"`` (atomically) and returns its path."""
+    from fljax import __version__
+
+    now = datetime.datetime.now().isoformat(timespec="seconds")
+    body = [
+        f"<h1>fljax report: {_e(Path(root).resolve().name)}</h1>",
+        f"<p class=note>written {now} by fljax {__version__} from {_e(Path(root).resolve())}"
+        "</p>",
+        _config_section(root, runs, groups),
+        _metrics_section(*table, metrics),
+        _curves_section(groups, curve_metrics),
+        _sites_section(groups, max_groups, max_rows),
+        _fairness_section(groups),
+        _privacy_section(groups),
+        _bytes_section(groups),
+    ]
+    page = ("<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
+            f"<title>fljax report: {_e(Path(root).resolve().name)}</title>"
+            f"<style>{STYLE}</style></head><body>\n" + "\n".join(b for b in body if b)
+            + "\n</body></html>\n")  # fmt: skip
+    path = out / "report.html"
+    write_atomic(path, page)
+    return path
