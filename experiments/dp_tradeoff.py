@@ -263,9 +263,9 @@ def main(argv=None) -> dict:
             ("accuracy", ("accuracy", ".4f")),
             ("AUROC", ("auroc", ".4f")),
     ]))  # fmt: skip
-    figure = args.out / "dp_tradeoff.png"
-    plot(record, client, figure)
-    print(f"figure: {figure}")
+    path = args.out / "dp_tradeoff.png"
+    plot(record, client, path)
+    print(f"figure: {path}")
     out = {"record_level": record, "client_level": client}
     print(json.dumps(fljax._io.to_jsonable(out)))
     return out
