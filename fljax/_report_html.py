@@ -21,10 +21,12 @@ from fljax._io import write_atomic
 from fljax._plot import metric_label, setting_label
 
 STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+body { font-family: system-ui, sans-serif; margin: 2em auto; padding: 0 1.5em;
+       max-width: 1200px; color: #222; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; }
 table { border-collapse: collapse; margin: .8em 0; font-size: .9em; }
-th, td { border: 1px solid #ccc; padding: .25em .6em; text-align: left; }
+th, td { border: 1px solid #ccc; padding: .25em .6em; text-align: left;
+         white-space: nowrap; }
 th { background: #f0f0f0; } td.n { text-align: right; font-variant-numeric: tabular-nums; }
 td.worst { background: #f8c9c4; font-weight: bold; }
 tr.worst-row td:first-child { background: #f8c9c4; font-weight: bold; }
@@ -86,18 +88,31 @@ def _run_config(run: dict) -> dict | None:
     return None
 
 
+def _fact(summary: dict, key: str) -> str:
+    value = summary.get(key)
+    if key == "hparams" or isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+FACTS = {"dataset": "dataset", "num_clients": "clients", "model": "model",
+         "algorithm": "algorithm", "hparams": "hyperparameters", "final_round": "rounds",
+         "privacy": "privacy", "secagg": "secure aggregation", "compression": "compression",
+         "aggregator": "aggregator", "attack": "attack"}  # fmt: skip
+
+
 def _config_section(root: Path, runs: list[dict], groups: dict) -> str:
-    first = runs[0]["summary"]
-    facts = [("dataset", first.get("dataset")), ("clients", first.get("num_clients")),
-             ("model", first.get("model")), ("algorithm", first.get("algorithm")),
-             ("rounds", first.get("final_round")),
-             ("seeds", sorted({r["summary"].get("seed") for r in runs}, key=str))]  # fmt: skip
-    for key in ("privacy", "secagg", "compression", "aggregator", "attack"):
-        if first.get(key):
-            facts.append((key, json.dumps(first[key])))
+    """What every run shares (a value, or "varies"), what the settings vary, the seeds, and
+    the first run's resolved configuration."""
+    rows = []
+    for key, name in FACTS.items():
+        values = {_fact(r["summary"], key) for r in runs}
+        if values != {"None"}:
+            rows.append([name, values.pop() if len(values) == 1 else "varies (see below)"])
+    rows.append(["seeds", ", ".join(map(str, sorted({r["summary"].get("seed") for r in runs},
+                                                    key=str)))])  # fmt: skip
     parts = ["<h2>Configuration</h2>", f"<p>{len(runs)} finished runs in {len(groups)} "
-             f"settings under <code>{_e(root)}</code>.</p>",
-             _table(["setting", "value"], [[k, str(v)] for k, v in facts])]  # fmt: skip
+             f"settings under <code>{_e(root)}</code>.</p>", _table(["", "value"], rows)]
     varying = sorted({k for g in groups for k, _ in g})
     if varying:
         rows = [[k, ", ".join(sorted({v for g in groups for kk, v in g if kk == k}))]
@@ -114,16 +129,26 @@ def _config_section(root: Path, runs: list[dict], groups: dict) -> str:
 
 
 def _metrics_section(header: list[str], rows: list[list], metrics: list[str]) -> str:
+    """One column per setting (one row per setting beyond 8 settings), each cell the mean ±
+    sample std over the setting's seeds."""
     n_keys = len(header) - 2 * len(metrics)
-    head = [*header[:n_keys], *[metric_label(m) for m in metrics]]
+
     def cell(row, i):  # one run: no spread to show
         return _num(row[i]) + ("" if row[n_keys - 1] == 1 else f" ± {_num(row[i + 1])}")
 
-    cells = [[str(c) for c in row[:n_keys]] + [cell(row, i) for i in range(n_keys, len(row), 2)]
+    names = [setting_label(zip(header[: n_keys - 1], row, strict=False)) or "all runs"
              for row in rows]  # fmt: skip
+    values = [[cell(row, i) for i in range(n_keys, len(row), 2)] for row in rows]
+    if len(rows) <= 8:
+        body = [[metric_label(m), *[v[j] for v in values]] for j, m in enumerate(metrics)]
+        body.insert(0, ["runs (n)", *[str(row[n_keys - 1]) for row in rows]])
+        table = _table(["metric", *names], body)
+    else:
+        table = _table(["setting", "n", *map(metric_label, metrics)],
+                       [[nm, str(row[n_keys - 1]), *v]
+                        for nm, row, v in zip(names, rows, values, strict=True)])  # fmt: skip
     return "\n".join(["<h2>Final metrics</h2>", "<p class=note>mean ± sample standard "
-                      "deviation (ddof 1) over the seeds of each setting; n = runs.</p>",
-                      _table(head, cells)])  # fmt: skip
+                      "deviation (ddof 1) over the seeds of each setting.</p>", table])
 
 
 def _curves_section(groups: dict, metrics: list[str]) -> str:
@@ -194,12 +219,30 @@ def _sites_table(runs: list[dict], max_rows: int) -> str:
     return note + _table(header, rows, cell, row)
 
 
+def _mean_history(runs: list[dict]) -> list[dict]:
+    """The runs' histories averaged entry by entry (metrics and per-site metrics; a figure
+    undefined in any run is left out)."""
+    out = []
+    for entries in zip(*(r["history"] for r in runs), strict=False):
+        keys = [k for k in entries[0]["metrics"]
+                if all(isinstance(e["metrics"].get(k), int | float) for e in entries)]  # fmt: skip
+        sites = entries[0].get("client_metrics") or {}
+        out.append({
+            "round": entries[0]["round"],
+            "metrics": {k: float(np.mean([e["metrics"][k] for e in entries]))
+                        for k in keys},
+            "client_metrics": {k: np.mean([np.asarray(e["client_metrics"][k], np.float64)
+                                           for e in entries], axis=0).tolist() for k in sites},
+        })  # fmt: skip
+    return out
+
+
 def _sites_section(groups: dict, max_groups: int, max_rows: int) -> str:
     from fljax.report import plot_sites
 
     parts = ["<h2>Per hospital</h2>", "<p class=note>Each site's final test metrics, mean over "
-             "the seeds; the worst site of each metric is highlighted. The figure shows the "
-             "first seed's run.</p>"]  # fmt: skip
+             "the seeds; the worst site of each metric is highlighted. The figures average "
+             "the seeds' runs round by round.</p>"]  # fmt: skip
     for k, (g, runs) in enumerate(groups.items()):
         if k == max_groups:
             parts.append(f"<p class=note>{len(groups) - max_groups} more settings not shown "
@@ -210,7 +253,7 @@ def _sites_section(groups: dict, max_groups: int, max_rows: int) -> str:
             continue
         metric = _site_metrics(runs)[0]
         names = runs[0]["summary"].get("client_names")
-        fig = plot_sites(runs[0]["history"], metric, names)
+        fig = plot_sites(_mean_history(runs), metric, names)
         parts += [f"<h3>{_e(_label(g))} (n={len(runs)})</h3>", _sites_table(runs, max_rows),
                   _figure(fig, f"{metric_label(metric)} per hospital, {_label(g)}")]  # fmt: skip
     return "\n".join(parts)

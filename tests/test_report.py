@@ -176,7 +176,9 @@ def test_html_report_opens_in_a_headless_browser(sweep, tmp_path):
         page.goto(path.as_uri())
         images = page.evaluate("Array.from(document.images).map(i => [i.complete, "
                                "i.naturalWidth, i.naturalHeight, i.alt])")  # fmt: skip
-        metric_rows = page.locator("h2:has-text('Final metrics') + p + table tr").all_inner_texts()
+        metrics = page.locator("h2:has-text('Final metrics') + p + table tr")
+        metric_rows = [metrics.nth(i).locator("th, td").all_inner_texts()
+                       for i in range(metrics.count())]  # fmt: skip
         worst_rows = page.locator("tr.worst-row td:first-child").all_inner_texts()
         headings = page.locator("h3").all_inner_texts()
         shot_path = tmp_path / "report.png"
@@ -187,7 +189,11 @@ def test_html_report_opens_in_a_headless_browser(sweep, tmp_path):
     assert [u for u in requests if not u.startswith(("file:", "data:"))] == []
     assert len(images) == 4  # two learning curves, a per-hospital figure per setting
     assert all(ok and w > 300 and h > 200 for ok, w, h, _ in images)
-    assert len(metric_rows) == 3 and all("±" in r for r in metric_rows[1:])
+    assert metric_rows[0] == ["metric", "client_lr 0.05", "client_lr 0.2"]
+    assert metric_rows[1] == ["runs (n)", "2", "2"]
+    assert metric_rows[2][0] == "test accuracy" and len(metric_rows) == 2 + len(
+        report.default_metrics(runs))
+    assert all(len(r) == 3 and "±" in r[1] and "±" in r[2] for r in metric_rows[2:])
     assert headings == ["client_lr 0.05 (n=2)", "client_lr 0.2 (n=2)"]
     assert worst_rows == [expected["0.05"], expected["0.2"]]
     shot = np.asarray(Image.open(shot_path).convert("RGB"))
