@@ -12,9 +12,10 @@ import contextlib
 import functools
 import logging
 import math
+from typing import TYPE_CHECKING
 
-import dp_accounting
-from dp_accounting import pld, rdp
+if TYPE_CHECKING:
+    import dp_accounting
 
 ACCOUNTANTS = ("rdp", "pld")
 SAMPLINGS = ("poisson", "fixed")
@@ -79,6 +80,8 @@ def dp_event(
 
     ``sampling_rate = 1`` is the plain Gaussian mechanism composed ``count`` times.
     """
+    import dp_accounting  # on first use: it loads SciPy's signal and stats (~1.5 s)
+
     validate_budget(sampling_rate=sampling_rate, noise_multiplier=noise_multiplier)
     gaussian = dp_accounting.GaussianDpEvent(noise_multiplier)
     if sampling_rate == 1.0:
@@ -98,6 +101,9 @@ def dp_event(
 
 
 def _accountant(accountant: str, relation: str):
+    import dp_accounting
+    from dp_accounting import pld, rdp
+
     rel = (
         dp_accounting.NeighboringRelation.REPLACE_ONE
         if relation == REPLACE_ONE
@@ -184,6 +190,8 @@ def calibrate_noise_multiplier(
         >>> round(z, 2)
         1.1
     """
+    import dp_accounting
+
     validate_budget(
         epsilon=target_epsilon,
         delta=delta,
