@@ -19,6 +19,7 @@ import numpy as np
 from fljax._folder import CONFIG_FILE, META_DIR
 from fljax._io import write_atomic
 from fljax._plot import metric_label, setting_label
+from fljax.report import worst_site
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; padding: 0 1.5em;
@@ -160,10 +161,20 @@ def _curves_section(groups: dict, metrics: list[str]) -> str:
     return "\n".join(parts)
 
 
+def _mean(values, axis=None):
+    """The mean of the finite values (None counts as missing); NaN where there is none."""
+    v = np.asarray([np.nan if x is None else x for x in values] if axis is None else
+                   [[np.nan if x is None else x for x in row] for row in values], np.float64)
+    ok = np.isfinite(v)
+    count = ok.sum(axis=axis)
+    total = np.where(ok, v, 0.0).sum(axis=axis)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
 def _site_values(runs: list[dict], metric: str) -> np.ndarray:
-    """Each site's ``metric`` at the end of the run, averaged over the runs (seeds)."""
-    return np.nanmean([np.asarray(r["summary"]["client_metrics"][metric], np.float64)
-                       for r in runs], axis=0)  # fmt: skip
+    """Each site's ``metric`` at the end of the run, averaged over the runs (seeds) where
+    defined."""
+    return _mean([r["summary"]["client_metrics"][metric] for r in runs], axis=0)
 
 
 def _higher(metric: str) -> bool:
@@ -172,19 +183,15 @@ def _higher(metric: str) -> bool:
     return HIGHER_IS_BETTER.get(metric.removeprefix("test_"), True)
 
 
-def _worst(values: np.ndarray, metric: str) -> int:
-    return int(np.nanargmin(values) if _higher(metric) else np.nanargmax(values))
-
-
-def _shown(values: np.ndarray, worst: int, metric: str, max_rows: int) -> list[int]:
-    """Every site, or the ``max_rows // 2`` worst and best on ``metric``."""
+def _shown(values: np.ndarray, metric: str, max_rows: int) -> list[int]:
+    """Every site, or the ``max_rows // 2`` worst and best defined sites on ``metric``, worst
+    first."""
     if values.size <= max_rows:
         return list(range(values.size))
-    order = np.argsort(np.where(np.isfinite(values), values, np.inf))
-    if order[0] != worst:
-        order = order[::-1]
+    key = np.where(np.isfinite(values), values if _higher(metric) else -values, np.inf)
+    order = [i for i in np.argsort(key, kind="stable").tolist() if np.isfinite(key[i])]
     half = max_rows // 2
-    return [*order[:half].tolist(), *order[-half:].tolist()]
+    return order if len(order) <= max_rows else order[:half] + order[-half:]
 
 
 def _site_metrics(runs: list[dict]) -> list[str]:
@@ -201,13 +208,13 @@ def _sites_table(runs: list[dict], max_rows: int) -> str:
     metrics = _site_metrics(runs)
     names = summary.get("client_names") or [str(i) for i in range(summary["num_clients"])]
     values = {m: _site_values(runs, m) for m in metrics}
-    worst = {m: _worst(values[m], m) for m in metrics}
-    shown = _shown(values[metrics[0]], worst[metrics[0]], metrics[0], max_rows)
+    worst = {m: worst_site(values[m], m) for m in metrics}
+    shown = _shown(values[metrics[0]], metrics[0], max_rows)
     n_test = summary["client_metrics"].get("num_test_examples")
     rows = [[names[i], "" if n_test is None else str(n_test[i]),
              *[_num(float(values[m][i])) for m in metrics]] for i in shown]  # fmt: skip
-    note = ("" if len(shown) == len(names) else f"<p class=note>{len(names)} sites: the "
-            f"{len(shown) // 2} worst and best on {metric_label(metrics[0])} shown.</p>")
+    note = ("" if len(shown) == len(names) else f"<p class=note>{len(shown)} of {len(names)} "
+            f"sites shown: the worst and the best on {metric_label(metrics[0])}.</p>")
 
     def cell(i, j):
         return "worst" if j >= 2 and shown[i] == worst[metrics[j - 2]] else None
@@ -267,13 +274,17 @@ def _fairness_section(groups: dict) -> str:
         names = runs[0]["summary"].get("client_names")
         for m in _site_metrics(runs):
             v = _site_values(runs, m)
-            w = _worst(v, m)
-            pooled = np.nanmean([r["summary"]["metrics"].get(m, np.nan) for r in runs])
-            best = float(np.nanmax(v) if _higher(m) else np.nanmin(v))
-            rows.append([_label(g), metric_label(m), _num(float(pooled)),
-                         _num(float(np.nanmean(v))), _num(float(np.nanstd(v))),
-                         names[w] if names else str(w), _num(float(v[w])),
-                         _num(abs(best - float(v[w])))])  # fmt: skip
+            w = worst_site(v, m)
+            pooled = float(_mean([r["summary"]["metrics"].get(m) for r in runs]))
+            row = [_label(g), metric_label(m), _num(pooled)]
+            if w is None:
+                rows.append(row + ["–"] * 5)
+                continue
+            d = v[np.isfinite(v)]
+            best = float(d.max() if _higher(m) else d.min())
+            rows.append(row + [_num(float(d.mean())), _num(float(d.std())),
+                               names[w] if names else str(w), _num(float(v[w])),
+                               _num(abs(best - float(v[w])))])  # fmt: skip
     header = ["setting", "metric", "pooled", "client mean", "client std", "worst site",
               "worst value", "best - worst"]  # fmt: skip
     return "\n".join(["<h2>Fairness across sites</h2>", _table(header, rows)])

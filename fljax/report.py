@@ -167,6 +167,19 @@ def plot_curves(groups: dict[tuple, list[dict]], metric: str):
     return fig
 
 
+def worst_site(values, metric: str) -> int | None:
+    """The index of the worst site on ``metric`` (the lowest value, or the highest for a
+    lower-is-better metric such as a loss or ECE); None when no site has a value."""
+    from fljax.metrics import HIGHER_IS_BETTER
+
+    v = np.asarray(values, np.float64)
+    if not np.isfinite(v).any():
+        return None
+    higher = HIGHER_IS_BETTER.get(metric.removeprefix("test_").removeprefix("train_"), True)
+    v = np.where(np.isfinite(v), v, np.inf if higher else -np.inf)
+    return int(np.argmin(v) if higher else np.argmax(v))
+
+
 def _evaluated(history: list[dict], metric: str) -> list[dict]:
     return [e for e in history if e.get("metrics", {}).get(metric) is not None]
 
@@ -180,8 +193,6 @@ def plot_sites(history: list[dict], metric: str, names: list[str] | None = None,
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    from fljax.metrics import HIGHER_IS_BETTER
-
     entries = _evaluated(history, metric)
     if not entries:
         raise ValueError(f"metric {metric!r} was never evaluated; choose from "
@@ -189,8 +200,7 @@ def plot_sites(history: list[dict], metric: str, names: list[str] | None = None,
     last = entries[-1]
     values = np.asarray(last["client_metrics"][metric], np.float64)
     names = list(names) if names is not None else [f"client {i}" for i in range(values.size)]
-    higher = HIGHER_IS_BETTER.get(metric.removeprefix("test_").removeprefix("train_"), True)
-    worst = int(np.nanargmin(values) if higher else np.nanargmax(values))
+    worst = worst_site(values, metric)
     label = metric_label(metric)
     pooled, mean = last["metrics"][metric], last["metrics"][f"{metric}_client_mean"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.2), width_ratios=(1.4, 1))
@@ -203,7 +213,8 @@ def plot_sites(history: list[dict], metric: str, names: list[str] | None = None,
         ax1.set_ylabel(label)
     else:
         ax1.hist(values[np.isfinite(values)], bins=30, color="tab:blue")
-        ax1.set_xlabel(f"{label} of a hospital (worst: {names[worst]})")
+        ax1.set_xlabel(f"{label} of a hospital (worst: "
+                       f"{'none defined' if worst is None else names[worst]})")
         ax1.set_ylabel("hospitals (count)")
     line = ax1.axhline if values.size <= max_bars else ax1.axvline
     for name, v, color, ls in (("pooled", pooled, "black", "--"),

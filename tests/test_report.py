@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import shutil
 
 import numpy as np
@@ -201,3 +202,65 @@ def test_html_report_opens_in_a_headless_browser(sweep, tmp_path):
         assert _rendered(shot, box) > 50
     x, y = int(table_box["x"]) + 3, int(table_box["y"]) + 3  # the highlighted cell's colour
     assert tuple(shot[y, x]) == (0xF8, 0xC9, 0xC4)
+
+
+def _fake_run(folder, seed, acc, auroc, eps=None):
+    """A finished run folder as fljax-run writes it (summary.json, metrics.jsonl), with the
+    given per-site final test accuracy and AUROC (None: undefined at that site)."""
+    folder.mkdir(parents=True)
+    names = [f"site_{i:02d}" for i in range(len(acc))]
+    loss = [1.0 - a for a in acc]
+
+    def summary_of(values, higher=True):
+        v = np.array([np.nan if x is None else x for x in values])
+        ok = v[np.isfinite(v)]
+        return {"": float(ok.mean()), "_client_mean": float(ok.mean()),
+                "_worst": float(ok.min() if higher else ok.max())}  # fmt: skip
+
+    metrics = {}
+    for name, values, higher in (("test_accuracy", acc, True), ("test_auroc", auroc, True),
+                                 ("test_loss", loss, False)):  # fmt: skip
+        metrics |= {name + k: v for k, v in summary_of(values, higher).items()}
+    sites = {"test_accuracy": acc, "test_auroc": auroc, "test_loss": loss,
+             "num_test_examples": [10] * len(acc)}  # fmt: skip
+    entry = {"round": 3, "metrics": metrics, "client_metrics": sites, "bytes_up": 2_000_000,
+             "bytes_down": 4_000_000}  # fmt: skip
+    if eps is not None:
+        entry["privacy"] = {"level": "client", "relation": "add_remove", "accountant": "rdp",
+                            "epsilon": eps, "delta": 1e-5, "noise_multiplier": 1.1,
+                            "clip_norm": 0.5}  # fmt: skip
+    (folder / "metrics.jsonl").write_text(json.dumps({**entry, "round": 0}) + "\n"
+                                          + json.dumps(entry) + "\n")  # fmt: skip
+    summary = {"status": "finished", "dataset": "made_up", "num_clients": len(acc),
+               "model": "mlp", "algorithm": "fedavg", "hparams": {"client_lr": 0.1},
+               "seed": seed, "final_round": 3, "metrics": metrics, "client_metrics": sites,
+               "client_names": names, "bytes_up": 2_000_000, "bytes_down": 4_000_000}  # fmt: skip
+    (folder / "summary.json").write_text(json.dumps(summary))
+
+
+def test_html_report_many_sites_undefined_metrics_privacy_and_bytes(tmp_path):
+    """60 sites: the 20 worst and 20 best rows; the worst site is the lowest accuracy and
+    the highest loss (mean over seeds); a site whose AUROC is undefined in every seed is
+    neither highlighted nor counted; privacy spent and bytes sent appear."""
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.6, 0.95, 60)
+    base[17] = 0.2  # the worst site on average over the two seeds
+    auroc = rng.uniform(0.6, 0.9, 60).tolist()
+    auroc[5] = None  # undefined at site 5 (e.g. one class only) in every seed
+    for seed, eps in ((0, 2.0), (1, 3.0)):
+        acc = np.clip(base + rng.normal(0, 0.01, 60), 0, 1).tolist()
+        _fake_run(tmp_path / f"seed{seed}", seed, acc, auroc, eps)
+    paths = report.report(tmp_path, tmp_path / "out", html=True)
+    text = paths["html"].read_text()
+    assert "40 of 60 sites shown: the worst and the best on test accuracy" in text
+    assert len(re.findall(r"<tr[^>]*><td>site_\d\d</td>", text)) == 40
+    assert re.findall(r'<tr class="worst-row"><td>(site_\d\d)</td>', text) == ["site_17"]
+    row = re.search(r'<tr class="worst-row">(.*?)</tr>', text).group(1)
+    assert row.count('class="worst') == 2  # its accuracy and its loss (highest) cells
+    fairness = text[text.index("Fairness across sites"):]
+    auroc_row = re.search(r"<td>test AUROC</td>(.*?)</tr>", fairness).group(1)
+    defined = np.array([a for a in auroc if a is not None])
+    assert f">{defined.mean():.4f}<" in auroc_row and f">{defined.min():.4f}<" in auroc_row
+    assert "site_05" not in auroc_row
+    assert "<h2>Privacy spent</h2>" in text and ">2.500<" in text  # epsilon, mean of 2 seeds
+    assert "<h2>Communication</h2>" in text and ">2.000<" in text and ">4.000<" in text
