@@ -7,7 +7,8 @@ the runs by their overrides without the seed, and writes ``report.md`` (``mean Â
 ``report.csv`` (numeric columns ``<metric>_mean``, ``<metric>_std``, and ``n``) over the seeds
 of each group, and ``curves.png`` / ``curves.pdf`` (the mean learning curve of each group with
 a +- 1 std band). Every std is the sample standard deviation (ddof 1), as in ``fljax-run``'s
-seed summary.
+seed summary. ``--html`` also writes ``report.html``, one self-contained page for a
+collaborator (``fljax/_report_html.py``); :func:`plot_sites` is the per-hospital figure.
 """
 
 from __future__ import annotations
@@ -219,14 +220,16 @@ def plot_sites(history: list[dict], metric: str, names: list[str] | None = None,
     line = ax1.axhline if values.size <= max_bars else ax1.axvline
     for name, v, color, ls in (("pooled", pooled, "black", "--"),
                                ("client mean", mean, "tab:gray", ":")):  # fmt: skip
-        line(v, color=color, ls=ls, label=f"{name} {v:.4f}")
+        if v is not None:  # None: undefined at every site
+            line(v, color=color, ls=ls, label=f"{name} {v:.4f}")
     ax1.set_title(f"{label} per hospital, round {last['round']}")
     legend_outside(ax1)
     rounds = [e["round"] for e in entries]
     for (name, key), st in zip((("pooled", metric), ("client mean", f"{metric}_client_mean"),
                                 ("worst hospital", f"{metric}_worst")), line_styles,
                                strict=True):  # fmt: skip
-        ax2.plot(rounds, [e["metrics"][key] for e in entries], label=name, markersize=4, **st)
+        curve = np.array([e["metrics"].get(key) for e in entries], np.float64)  # None -> NaN
+        ax2.plot(rounds, curve, label=name, markersize=4, **st)
     ax2.set_xlabel("round")
     ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax2.set_ylabel(label)
@@ -249,6 +252,8 @@ def report(
     self-contained report.html of :mod:`fljax._report_html`); returns their paths."""
     import matplotlib
 
+    if html_groups < 0:
+        raise ValueError(f"html_groups must be >= 0, got {html_groups}")
     matplotlib.use("Agg")
     runs = collect(root)
     groups = group(runs)

@@ -138,3 +138,26 @@ def test_experiment_figures():
     rows = [dict(epsilon=e, accuracy=0.8, auroc=0.85, update_mia_auc=0.6, loss_mia_auc=0.55)
             for e in (float("inf"), 8.0, 2.0, 0.5)]  # fmt: skip
     _check(dp.figure(rows, rows))
+
+
+def test_sites_figure_with_a_metric_undefined_everywhere():
+    """AUROC undefined at every site (one class each): no worst site, no pooled line, the
+    curves drawn where defined, and still the house style."""
+    from fljax import report
+
+    history = _history()
+    for e in history:
+        e["metrics"] |= {"test_auroc": None, "test_auroc_client_mean": None,
+                         "test_auroc_worst": None}  # fmt: skip
+        e["client_metrics"]["test_auroc"] = [None] * 6
+    history[-1]["metrics"]["test_auroc"] = 0.7  # pooled defined only at the end
+    assert report.worst_site([None] * 6, "test_auroc") is None
+    assert report.worst_site([0.3, 0.9, float("nan")], "test_loss") == 1  # lower is better
+    fig = report.plot_sites(history, "test_auroc")
+    bars = fig.axes[0].patches
+    assert len(bars) == 6 and all(p.get_facecolor()[:3] != (0.8392156862745098,
+                                                            0.15294117647058825,
+                                                            0.1568627450980392) for p in bars)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels == ["pooled 0.7000"]
+    _check(fig)

@@ -264,3 +264,5 @@ def test_html_report_many_sites_undefined_metrics_privacy_and_bytes(tmp_path):
     assert "site_05" not in auroc_row
     assert "<h2>Privacy spent</h2>" in text and ">2.500<" in text  # epsilon, mean of 2 seeds
     assert "<h2>Communication</h2>" in text and ">2.000<" in text and ">4.000<" in text
+    with pytest.raises(ValueError, match="html_groups must be >= 0, got -1"):
+        report.report(tmp_path, tmp_path / "out2", html=True, html_groups=-1)
