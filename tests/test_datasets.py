@@ -160,7 +160,10 @@ def test_describe_and_plot(heart):
     matplotlib.use("Agg")
     fig = fljax.data.plot_federation(heart)
     ax = fig.axes[0]
-    assert ax.get_ylabel() == "training examples" and ax.get_legend() is not None
+    assert ax.get_ylabel() == "training examples (count)" and ax.get_legend() is not None
+    from fljax._plot import style_problems
+
+    assert style_problems(fig) == []
 
 
 def test_a_mistyped_data_dir_is_refused_and_not_created(tmp_path):
