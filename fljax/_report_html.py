@@ -19,7 +19,7 @@ import numpy as np
 from fljax._folder import CONFIG_FILE, META_DIR
 from fljax._io import write_atomic
 from fljax._plot import metric_label, setting_label
-from fljax.report import worst_site
+from fljax.report import higher_is_better, mean_std, worst_site
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; padding: 0 1.5em;
@@ -161,26 +161,19 @@ def _curves_section(groups: dict, metrics: list[str]) -> str:
     return "\n".join(parts)
 
 
-def _mean(values, axis=None):
-    """The mean of the finite values (None counts as missing); NaN where there is none."""
-    v = np.asarray([np.nan if x is None else x for x in values] if axis is None else
-                   [[np.nan if x is None else x for x in row] for row in values], np.float64)
+def _site_mean(per_run) -> np.ndarray:
+    """Each site's mean over the runs (rows) of its finite values (None counts as missing);
+    NaN for a site with none."""
+    v = np.asarray(per_run, np.float64)  # None -> NaN
     ok = np.isfinite(v)
-    count = ok.sum(axis=axis)
-    total = np.where(ok, v, 0.0).sum(axis=axis)
-    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    count = ok.sum(axis=0)
+    return np.where(count > 0, np.where(ok, v, 0.0).sum(axis=0) / np.maximum(count, 1), np.nan)
 
 
 def _site_values(runs: list[dict], metric: str) -> np.ndarray:
     """Each site's ``metric`` at the end of the run, averaged over the runs (seeds) where
     defined."""
-    return _mean([r["summary"]["client_metrics"][metric] for r in runs], axis=0)
-
-
-def _higher(metric: str) -> bool:
-    from fljax.metrics import HIGHER_IS_BETTER
-
-    return HIGHER_IS_BETTER.get(metric.removeprefix("test_"), True)
+    return _site_mean([r["summary"]["client_metrics"][metric] for r in runs])
 
 
 def _shown(values: np.ndarray, metric: str, max_rows: int) -> list[int]:
@@ -188,7 +181,7 @@ def _shown(values: np.ndarray, metric: str, max_rows: int) -> list[int]:
     first."""
     if values.size <= max_rows:
         return list(range(values.size))
-    key = np.where(np.isfinite(values), values if _higher(metric) else -values, np.inf)
+    key = np.where(np.isfinite(values), values if higher_is_better(metric) else -values, np.inf)
     order = [i for i in np.argsort(key, kind="stable").tolist() if np.isfinite(key[i])]
     half = max_rows // 2
     return order if len(order) <= max_rows else order[:half] + order[-half:]
@@ -238,8 +231,8 @@ def _mean_history(runs: list[dict]) -> list[dict]:
             "round": entries[0]["round"],
             "metrics": {k: float(np.mean([e["metrics"][k] for e in entries]))
                         for k in keys},
-            "client_metrics": {k: np.mean([np.asarray(e["client_metrics"][k], np.float64)
-                                           for e in entries], axis=0).tolist() for k in sites},
+            "client_metrics": {k: _site_mean([e["client_metrics"][k] for e in entries]).tolist()
+                               for k in sites},
         })  # fmt: skip
     return out
 
@@ -255,10 +248,11 @@ def _sites_section(groups: dict, max_groups: int, max_rows: int) -> str:
             parts.append(f"<p class=note>{len(groups) - max_groups} more settings not shown "
                          f"(--html-groups).</p>")  # fmt: skip
             break
-        if not _site_metrics(runs):
+        site_metrics = _site_metrics(runs)
+        if not site_metrics:
             parts.append(f"<h3>{_e(_label(g))}</h3><p>no per-site test metrics recorded</p>")
             continue
-        metric = _site_metrics(runs)[0]
+        metric = site_metrics[0]
         names = runs[0]["summary"].get("client_names")
         fig = plot_sites(_mean_history(runs), metric, names)
         parts += [f"<h3>{_e(_label(g))} (n={len(runs)})</h3>", _sites_table(runs, max_rows),
@@ -275,13 +269,13 @@ def _fairness_section(groups: dict) -> str:
         for m in _site_metrics(runs):
             v = _site_values(runs, m)
             w = worst_site(v, m)
-            pooled = float(_mean([r["summary"]["metrics"].get(m) for r in runs]))
+            pooled = mean_std([r["summary"]["metrics"].get(m) for r in runs])[0]
             row = [_label(g), metric_label(m), _num(pooled)]
             if w is None:
                 rows.append(row + ["–"] * 5)
                 continue
             d = v[np.isfinite(v)]
-            best = float(d.max() if _higher(m) else d.min())
+            best = float(d.max() if higher_is_better(m) else d.min())
             rows.append(row + [_num(float(d.mean())), _num(float(d.std())),
                                names[w] if names else str(w), _num(float(v[w])),
                                _num(abs(best - float(v[w])))])  # fmt: skip
@@ -317,8 +311,7 @@ def _bytes_section(groups: dict) -> str:
         up = [r["summary"].get("bytes_up") for r in runs]
         down = [r["summary"].get("bytes_down") for r in runs]
         if any(v is not None for v in up + down):
-            mb = lambda v: _num(float(np.mean([x for x in v if x is not None])) / 1e6, 3)  # noqa: E731
-            rows.append([_label(g), mb(up), mb(down)])
+            rows.append([_label(g), *[_num(mean_std(v)[0] / 1e6, 3) for v in (up, down)]])
     if not rows:
         return ""
     return "\n".join(["<h2>Communication</h2>", _table(

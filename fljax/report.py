@@ -168,15 +168,20 @@ def plot_curves(groups: dict[tuple, list[dict]], metric: str):
     return fig
 
 
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger ``metric`` (``test_auroc``, ``train_loss``, ...) is better."""
+    from fljax.metrics import HIGHER_IS_BETTER
+
+    return HIGHER_IS_BETTER.get(metric.removeprefix("test_").removeprefix("train_"), True)
+
+
 def worst_site(values, metric: str) -> int | None:
     """The index of the worst site on ``metric`` (the lowest value, or the highest for a
     lower-is-better metric such as a loss or ECE); None when no site has a value."""
-    from fljax.metrics import HIGHER_IS_BETTER
-
     v = np.asarray(values, np.float64)
     if not np.isfinite(v).any():
         return None
-    higher = HIGHER_IS_BETTER.get(metric.removeprefix("test_").removeprefix("train_"), True)
+    higher = higher_is_better(metric)
     v = np.where(np.isfinite(v), v, np.inf if higher else -np.inf)
     return int(np.argmin(v) if higher else np.argmax(v))
 
