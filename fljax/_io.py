@@ -173,30 +173,45 @@ def save_state(directory: str | os.PathLike, state: Any, progress: dict,
     import jax
     import orbax.checkpoint as ocp
 
+    from fljax import distributed
+
     directory = Path(directory).resolve()
-    directory.mkdir(parents=True, exist_ok=True)
     round_idx = int(progress["round"])
     arrays = {f"leaf_{i:05d}": np.asarray(jax.random.key_data(x) if _is_key(x) else x)
               for i, x in enumerate(jax.tree.leaves(state))}  # fmt: skip
-    for stale in [*directory.glob(".trash_*"), *directory.glob(f".{STEP_PREFIX}*.tmp")]:
-        shutil.rmtree(stale)  # what a killed save or removal left behind; never a step
     tmp = directory / f".{STEP_PREFIX}{round_idx:08d}.tmp"
-    tmp.mkdir()
+    primary = distributed.is_primary()  # in a multi-process run process 0 owns the folder
+    if primary:
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in [*directory.glob(".trash_*"), *directory.glob(f".{STEP_PREFIX}*.tmp")]:
+            shutil.rmtree(stale)  # what a killed save or removal left behind; never a step
+        tmp.mkdir()
+    distributed.barrier("fljax_save_state_begin")
     ckptr = ocp.StandardCheckpointer()
-    ckptr.save(tmp / STATE_DIR, arrays)
+    ckptr.save(tmp / STATE_DIR, arrays)  # every process: orbax's own multi-process protocol
     ckptr.wait_until_finished()
+    final = _step_dir(directory, round_idx)
+    if primary:
+        _seal_step(tmp, final, progress, keep)
+    distributed.barrier("fljax_save_state_end")
+    return final
+
+
+def _seal_step(tmp: Path, final: Path, progress: dict, keep: int) -> None:
+    """The progress and the manifest written into ``tmp``, made durable, renamed to
+    ``final`` in one step; then the steps older than the newest ``keep`` removed."""
+    round_idx = int(progress["round"])
+    directory = final.parent
     _write_durable(tmp / PROGRESS_FILE, json.dumps(to_jsonable(progress)))
     files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
     _write_durable(tmp / MANIFEST_FILE, json.dumps({"round": round_idx, "sha256": files}))
     _fsync_dir(tmp)
-    final = _step_dir(directory, round_idx)
     if final.exists():  # the same round saved again (a resumed run's first step)
         remove_dir(final)
     os.rename(tmp, final)
     _fsync_dir(directory)
     for old in step_rounds(directory)[keep:]:
         remove_dir(_step_dir(directory, old))
-    return final
 
 
 def verify_step(step: str | os.PathLike) -> dict:

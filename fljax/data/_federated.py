@@ -56,6 +56,9 @@ class FederatedData:
         name: dataset name.
         client_names: one name per client (hospital).
         info: how the federation was made (partition, seed, ...), JSON-serialisable.
+        hosted: ``(first, stop)`` in a multi-process run: this process holds clients
+            ``first..stop-1`` only (``x``, ``y`` have those rows; ``num_examples`` and
+            ``client_names`` cover every client). ``None``: the whole federation.
     """
 
     train: ClientData
@@ -67,6 +70,7 @@ class FederatedData:
     info: dict = dataclasses.field(default_factory=dict)
     metrics: tuple[str, ...] | None = None
     loss_options: dict = dataclasses.field(default_factory=dict)
+    hosted: tuple[int, int] | None = None
 
     def __post_init__(self):
         from fljax import metrics as M
@@ -84,10 +88,14 @@ class FederatedData:
                     f"{split_name}: expected x[C, N, ...], {expected_y}, num_examples[C] for "
                     f"task={self.task!r}; got shapes {x.shape}, {y.shape}, {n.shape}"
                 )
-            if not (x.shape[0] == y.shape[0] == n.shape[0]) or x.shape[1] != y.shape[1]:
+            rows = n.shape[0] if self.hosted is None else self.hosted[1] - self.hosted[0]
+            if not (x.shape[0] == y.shape[0] == rows) or x.shape[1] != y.shape[1]:
                 raise ValueError(
                     f"{split_name}: mismatched shapes x{x.shape}, y{y.shape}, num_examples{n.shape}"
                 )
+            if self.hosted is not None and not (0 <= self.hosted[0] <= self.hosted[1]
+                                                <= n.shape[0]):  # fmt: skip
+                raise ValueError(f"hosted={self.hosted} must lie within [0, {n.shape[0]}]")
             if np.any(n < 0) or np.any(n > x.shape[1]):
                 raise ValueError(f"{split_name}.num_examples must lie in [0, {x.shape[1]}]")
             if not np.all(np.isfinite(x)):
@@ -103,7 +111,7 @@ class FederatedData:
                     raise ValueError(
                         f"{split_name}.y has labels outside [0, num_classes={self.num_classes})"
                     )
-        if self.test.x.shape[0] != self.train.x.shape[0]:
+        if self.test.num_examples.shape[0] != self.train.num_examples.shape[0]:
             raise ValueError("train and test must have the same number of clients")
         if self.train.x.shape[2:] != self.test.x.shape[2:]:
             raise ValueError("train and test feature shapes differ")
@@ -116,7 +124,7 @@ class FederatedData:
 
     @property
     def num_clients(self) -> int:
-        return int(self.train.x.shape[0])
+        return int(np.shape(self.train.num_examples)[0])
 
     @property
     def num_examples(self) -> np.ndarray:
@@ -129,15 +137,44 @@ class FederatedData:
 
     def gather(self, client_ids) -> ClientData:
         """Training data of clients ``client_ids[K]``: ``x[K, N, ...]``, ``y[K, N]``, ``n[K]``."""
+        self.whole("gather")
         return gather_clients(self.train, client_ids)
 
     def sample(self) -> np.ndarray:
-        """A one-example batch ``[1, ...]`` for model initialisation."""
+        """A one-example batch ``[1, ...]`` for model initialisation (zeros when this process
+        holds part of the federation: every process must initialise the same model)."""
+        if self.hosted is not None:
+            return np.zeros((1, *self.feature_shape), np.asarray(self.train.x).dtype)
         return np.asarray(self.train.x[0, :1])
 
+    def whole(self, what: str) -> None:
+        """Raises when this process holds only part of the federation (``hosted``): ``what``
+        needs every client's data in one process."""
+        if self.hosted is not None:
+            raise ValueError(
+                f"{what} needs every client's data in one process, but this process of a "
+                f"multi-process run holds clients {self.hosted[0]}..{self.hosted[1] - 1} of "
+                f"{self.num_clients} only; run it in a single process"
+            )
+
+    def hosting(self, rows: range) -> FederatedData:
+        """This federation restricted to clients ``rows`` (a contiguous block, e.g.
+        :func:`fljax.distributed.hosted_rows`): what one process of a multi-process run
+        keeps; ``num_examples`` and names still cover every client."""
+        self.whole("hosting")
+        lo, hi = rows.start, rows.stop
+
+        def part(split):
+            return ClientData(np.asarray(split.x)[lo:hi], np.asarray(split.y)[lo:hi],
+                              np.asarray(split.num_examples))  # fmt: skip
+
+        return dataclasses.replace(self, train=part(self.train), test=part(self.test),
+                                   hosted=(lo, hi))  # fmt: skip
+
     def __repr__(self) -> str:
+        part = "" if self.hosted is None else f"hosted={self.hosted}, "
         return (
-            f"FederatedData(name={self.name!r}, clients={self.num_clients}, "
+            f"FederatedData(name={self.name!r}, clients={self.num_clients}, {part}"
             f"features={self.feature_shape}, task={self.task!r}, classes={self.num_classes}, "
             f"train={int(self.train.num_examples.sum())}, test={int(self.test.num_examples.sum())})"
         )
@@ -147,6 +184,7 @@ def drop_empty_clients(data: FederatedData) -> FederatedData:
     """``data`` without its clients that have no training examples (they would be selected,
     counted as participants and in bytes, and dilute uniform weighting, while training
     nothing); their names are listed in ``info["dropped_empty_clients"]``."""
+    data.whole("drop_empty_clients")
     nonempty = np.asarray(data.train.num_examples) > 0
     keep = np.flatnonzero(nonempty)
     if keep.size == 0:
@@ -257,8 +295,19 @@ def from_client_arrays(
     info: dict | None = None,
     metrics: Sequence[str] | None = None,
     loss_options: dict | None = None,
+    hosted: tuple | None = None,
 ) -> FederatedData:
-    """Builds a :class:`FederatedData` from lists of per-client arrays (any sizes)."""
+    """Builds a :class:`FederatedData` from lists of per-client arrays (any sizes).
+
+    ``hosted``: ``(rows, train counts[C], test counts[C], feature shape, label shape)`` when
+    the lists hold only the clients ``rows`` (a range) of a multi-process run (the counts of
+    every client fix the padded sizes); ``num_classes`` must then be given.
+    """
+    if hosted is not None:
+        return _hosted_from_arrays(train_xs, train_ys, test_xs, test_ys, hosted, task=task,
+                                   num_classes=num_classes, name=name,
+                                   client_names=client_names, info=info, metrics=metrics,
+                                   loss_options=loss_options)  # fmt: skip
     if not (len(train_xs) == len(train_ys) == len(test_xs) == len(test_ys)) or not train_xs:
         raise ValueError(
             "train_xs, train_ys, test_xs, test_ys must be non-empty, equal-length lists"
@@ -283,3 +332,38 @@ def from_client_arrays(
         metrics=None if metrics is None else tuple(metrics),
         loss_options=dict(loss_options or {}),
     )
+
+
+def _hosted_from_arrays(train_xs, train_ys, test_xs, test_ys, hosted, *, task, num_classes,
+                        **kwargs) -> FederatedData:  # fmt: skip
+    """:func:`from_client_arrays` of the clients ``rows`` only (``hosted``)."""
+    rows, n_train, n_test, feat, y_shape = hosted
+    if num_classes is None:
+        raise ValueError("num_classes must be given with hosted (not every label is here)")
+    if not len(train_xs) == len(train_ys) == len(test_xs) == len(test_ys) == len(rows):
+        raise ValueError(f"hosted: clients {rows} hosted but {len(train_xs)} arrays given")
+    for split, ys in (("train", train_ys), ("test", test_ys)):
+        _check_labels(ys, split, task, num_classes)
+    y_dtype = np.int32 if task == "classification" else np.float32
+
+    def stack(xs, ys, counts):
+        counts = np.asarray(counts, np.int32)
+        for i, xi in zip(rows, xs, strict=True):
+            if len(xi) != counts[i]:
+                raise ValueError(f"hosted: client {i} has {len(xi)} examples, counts say "
+                                 f"{counts[i]}")  # fmt: skip
+        n_max = max(int(counts.max()), 1)
+        x = np.zeros((len(rows), n_max, *feat), np.float32)
+        y = np.zeros((len(rows), n_max, *y_shape), y_dtype)
+        for i, (xi, yi) in enumerate(zip(xs, ys, strict=True)):
+            x[i, : len(xi)], y[i, : len(yi)] = xi, yi
+        return ClientData(x, y, counts)
+
+    kwargs["client_names"] = tuple(kwargs["client_names"])
+    kwargs["info"] = dict(kwargs["info"] or {})
+    kwargs["metrics"] = None if kwargs["metrics"] is None else tuple(kwargs["metrics"])
+    kwargs["loss_options"] = dict(kwargs["loss_options"] or {})
+    return FederatedData(train=stack(train_xs, train_ys, n_train),
+                         test=stack(test_xs, test_ys, n_test), task=task,
+                         num_classes=int(num_classes), hosted=(rows.start, rows.stop),
+                         **kwargs)  # fmt: skip

@@ -9,6 +9,7 @@ import numpy as np
 
 from fljax.data._federated import FederatedData, from_client_arrays
 from fljax.data._sources import register
+from fljax.distributed import hosted_rows, multiprocess
 
 
 def _check_hospital_args(num_clients, num_features, prevalence, label_noise, test_fraction,
@@ -42,14 +43,17 @@ def _site_draws(rng, num_clients, min_total, mean_size, size_sigma, prevalence, 
 
 
 def _draw_sites(rng, sizes, w, covariate_shift, scale_shift, signal, p_site, flip, shifts,
-                test_fraction):  # fmt: skip
+                test_fraction, keep: range | None = None):  # fmt: skip
     """Every site drawn in turn (:func:`_draw_site`) and split at random into train and test;
-    ``(train_xs, train_ys, test_xs, test_ys)`` lists over sites."""
+    ``(train_xs, train_ys, test_xs, test_ys)`` lists over the sites in ``keep`` (all by
+    default: every site is drawn either way, so the kept ones are the same)."""
     train_xs, train_ys, test_xs, test_ys = [], [], [], []
     for s, size in enumerate(sizes):
         x, y = _draw_site(rng, int(size), w, covariate_shift, scale_shift, signal, p_site[s],
                           flip[s], shifts[s])  # fmt: skip
         perm = rng.permutation(len(y))
+        if keep is not None and s not in keep:
+            continue
         n_test = int(math.floor(test_fraction * len(y)))
         test_xs.append(x[perm[:n_test]])
         test_ys.append(y[perm[:n_test]])
@@ -118,7 +122,9 @@ def synthetic_hospitals(
       stream, so ``feature_shift=0`` gives the same federation as before it existed.
 
     Each site is split at random into train and test (``test_fraction``). The embedded default
-    for large simulations: ``num_clients`` may be in the tens of thousands.
+    for large simulations: ``num_clients`` may be in the tens of thousands. In a
+    multi-process run each process keeps only the sites it hosts (every site is still drawn,
+    one at a time, so the federation is the same).
     """
     _check_hospital_args(num_clients, num_features, prevalence, label_noise, test_fraction,
                          feature_shift, mean_size, size_sigma)  # fmt: skip
@@ -133,13 +139,17 @@ def synthetic_hospitals(
     b = shift_rng.normal(0, feature_shift, (num_clients, d))
     shifts = [(np.exp(log_a[i]), b[i]) if feature_shift > 0 else None
               for i in range(num_clients)]  # fmt: skip
+    keep = hosted_rows(num_clients) if multiprocess() else None
     train_xs, train_ys, test_xs, test_ys = _draw_sites(
-        rng, sizes, w, covariate_shift, scale_shift, signal, p_site, flip, shifts, test_fraction
+        rng, sizes, w, covariate_shift, scale_shift, signal, p_site, flip, shifts, test_fraction,
+        keep,
     )
+    n_test = np.floor(test_fraction * sizes).astype(np.int32)
     return from_client_arrays(
         train_xs, train_ys, test_xs, test_ys, num_classes=2, name="synthetic_hospitals",
         client_names=[f"hospital_{s}" for s in range(num_clients)],
         metrics=metrics,
+        hosted=None if keep is None else (keep, sizes - n_test, n_test, (d,), ()),
         info=dict(
             seed=seed,
             prevalence=prevalence,

@@ -10,6 +10,7 @@ import numpy as np
 from fljax._base import lookup
 from fljax.data import _partition
 from fljax.data._federated import FederatedData, from_client_arrays, standardize_clients
+from fljax.distributed import hosted_rows, multiprocess
 
 _REGISTRY: dict[str, Callable[..., FederatedData]] = {}
 
@@ -32,13 +33,19 @@ def names() -> list[str]:
 def load(name: str, **kwargs) -> FederatedData:
     """Builds the federation ``name`` with the builder's keyword arguments.
 
+    In a multi-process run (:mod:`fljax.distributed`) each process keeps only the clients it
+    hosts (``FederatedData.hosted``); ``synthetic_hospitals`` never holds the others at all.
+
     Examples:
         >>> fed = load("breast_cancer", num_clients=4, partition="iid", seed=0)
         >>> fed.num_clients, fed.feature_shape, fed.num_classes
         (4, (30,), 2)
     """
     fn = lookup("dataset", _REGISTRY, name, kwargs)
-    return fn(**kwargs)
+    data = fn(**kwargs)
+    if data.hosted is None and multiprocess():  # keep only this process's clients
+        data = data.hosting(hosted_rows(data.num_clients))
+    return data
 
 
 get = load

@@ -16,7 +16,9 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
 
+from fljax import distributed
 from fljax.engine._map import CLIENT_MAPS
 
 AUTO = "auto"
@@ -56,6 +58,9 @@ def fastest(block_for: Callable[[str], Callable], inputs: tuple,
             jax.block_until_ready(compiled[s](*inputs))
             times.append(time.perf_counter() - t0)
         seconds[s] = min(times)
+    # Several processes each time their own devices: all follow process 0's timings.
+    timed = distributed.broadcast(np.asarray([seconds[s] for s in strategies], np.float64))
+    seconds = {s: float(t) for s, t in zip(strategies, timed, strict=True)}
     best = min(seconds, key=seconds.get)
     return best, seconds, compile_s, compiled[best]
 

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fljax import distributed
 from fljax.engine._state import NonFiniteUpdateError, RoundMetrics
 from fljax.metrics import HIGHER_IS_BETTER, summarize
 from fljax.privacy import graph_degree
@@ -121,7 +122,7 @@ class Recorder:
     extras: list = dataclasses.field(default_factory=list)
 
     def _scores(self, scorer, params, split, counts, prefix, metrics, client_metrics):
-        for name, values in jax.device_get(scorer(params, *split)).items():
+        for name, values in distributed.to_host(scorer(params, *split)).items():
             values = np.asarray(values, np.float64)[: len(counts)]  # drop mesh padding
             client_metrics[f"{prefix}{name}"] = json_list(values)
             for suffix, v in summarize(values, counts, HIGHER_IS_BETTER[name]).items():
@@ -263,6 +264,7 @@ def robust_records(aggregator, attack, malicious, clean, model, mode) -> list:
 def backdoor_scorer(attack, clean, model):
     """``params -> ()``: the fraction of triggered test inputs whose label is not the target
     that the model classifies as the target (the backdoor's attack success rate)."""
+    clean.whole("the backdoor's attack success rate")
     test = type(clean.test)(*(np.asarray(a) for a in clean.test))
     real = test.mask & (test.y != attack.target)
     xs = jnp.asarray(attack.trigger(test.x[real], clean))

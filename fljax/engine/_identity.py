@@ -39,6 +39,29 @@ def _digest(value: Any) -> str:
     return h.hexdigest()[:16]
 
 
+def data_digest(data) -> str:
+    """A 16-hex-digit SHA-256 of a federation that does not depend on how its clients are
+    laid out: one digest per client (its train and test rows and counts), gathered from every
+    process of a multi-process run (each hashes the clients it holds)."""
+    from fljax import distributed
+
+    first = 0 if data.hosted is None else data.hosted[0]
+    rows = len(np.asarray(data.train.x))
+    per_client = np.zeros((rows, 32), np.uint8)
+    for i in range(rows):
+        h = hashlib.sha256()
+        for split in (data.train, data.test):
+            for a in (split.x[i], split.y[i], split.num_examples[first + i]):
+                a = np.ascontiguousarray(np.asarray(a))
+                h.update(f"{a.shape}{a.dtype}".encode())
+                h.update(a.tobytes())
+        per_client[i] = np.frombuffer(h.digest(), np.uint8)
+    everyone = per_client
+    if data.hosted is not None:
+        everyone = distributed.allgather_rows(per_client, data.num_clients)
+    return hashlib.sha256(everyone.tobytes()).hexdigest()[:16]
+
+
 def _component(c) -> str | None:
     """A component (compressor, privacy, system, aggregator, attack) by name and settings."""
     if c is None:
@@ -62,7 +85,7 @@ def fingerprint(a, params0) -> dict[str, Any]:
         "algorithm": f"{a.algorithm.name}:{_digest(a.algorithm.hparams)}",
         "model": str(getattr(a.model, "name", type(a.model).__name__)),
         "initial_params": "from seed" if a.params is None else _digest(jax.device_get(params0)),
-        "data": f"{data.name}:{_digest((data.train, data.test))}",
+        "data": f"{data.name}:{data_digest(data)}",
         "compression": _component(a.compression),
         "downlink": _component(a.downlink),
         "privacy": _component(a.privacy),

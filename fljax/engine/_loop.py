@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fljax import distributed
 from fljax._devices import (
     RUN_AXIS,
     client_mesh,
@@ -263,7 +264,7 @@ def _stacked_start(a, algorithm, round_fn, runs, params, given):
         root = jax.random.key(s_)
         k_init, k_rounds = jax.random.split(root)
         p = params if given is not None else a.model.init(k_init, a.data.sample())
-        n = train_spec(a.data, algorithm).x.shape[0]
+        n = train_spec(a.data, algorithm).num_examples.shape[0]
         starts.append((initial_state(round_fn, algorithm, p, n, root), k_rounds))
     state = jax.tree.map(lambda *x: jnp.stack(x), *[st for st, _ in starts])
     return state, jnp.stack([k for _, k in starts])
@@ -300,8 +301,9 @@ def _evaluators(a, algorithm, state, test, mesh) -> tuple[list, Callable, Any, f
         if mesh is None:
             return ClientData(*(jnp.asarray(x) for x in split))
         if per_client:  # per-client models [C, ...] meet the split client by client
-            return jax.device_put(split, replicated(mesh))
-        return shard_clients(split, mesh)
+            data.whole(f"evaluating {algorithm.name}'s per-client models")
+            return distributed.put(split, replicated(mesh))
+        return shard_clients(split, mesh, data.num_clients, _first_hosted(data))
 
     test = placed(test)
     splits = [("test", compiled(per_client, eval_params(state), test), test,
@@ -314,6 +316,11 @@ def _evaluators(a, algorithm, state, test, mesh) -> tuple[list, Callable, Any, f
     if personal is not None and personal.reports_global:  # Ditto, APFL: the global model too
         evaluate_global = compiled(False, state.params, test)
     return splits, eval_params, evaluate_global, time.perf_counter() - t0
+
+
+def _first_hosted(data) -> int:
+    """The first client this process holds (0 unless it holds part of the federation)."""
+    return 0 if data.hosted is None else data.hosted[0]
 
 
 def _runs_of(a: RunArgs) -> tuple[list, dict]:
@@ -354,7 +361,21 @@ def _mesh_for(a: RunArgs, mode: str, width: int, num_runs: int, multi: bool):
     cohort, or an asynchronous buffer, split over ``clients``); none for the modes that train
     one client at a time."""
     if mode in SERIAL_MODES:
+        if distributed.multiprocess():
+            raise ValueError(f"algorithm {a.algorithm.name!r} trains one client at a time "
+                             f"({mode}); a multi-process run splits each round's cohort over "
+                             "the processes: run it in a single process")  # fmt: skip
         return None
+    d = jax.device_count()
+    if distributed.multiprocess() and width % d:
+        padded = "" if width == a.clients_per_round else (
+            f" (the padded cap of the Poisson cohort, not clients_per_round="
+            f"{a.clients_per_round}: set the privacy's max_cohort to a multiple of {d})")
+        raise ValueError(
+            f"clients_per_round: a multi-process run splits each round's cohort over all {d} "
+            f"devices of its {jax.process_count()} processes, so the cohort must be a multiple "
+            f"of {d}; it is {width}{padded}"
+        )  # fmt: skip
     return run_mesh(num_runs, width, a.devices) if multi else client_mesh(width, a.devices)
 
 
@@ -375,7 +396,7 @@ def prepare(a: RunArgs) -> Run:
         if c is not None:
             c.bits(params)  # validates fraction / k against the model before compiling
     spec = train_spec(a.data, algorithm)
-    base = init_state(algorithm, params, spec.x.shape[0])
+    base = init_state(algorithm, params, spec.num_examples.shape[0])
     wire = _setup.wire_bytes(setup, algorithm, a.model, params, base, width)
     mesh = _mesh_for(a, mode, width, len(runs), multi)
     secure = a.secure_aggregation is not None
@@ -383,11 +404,13 @@ def prepare(a: RunArgs) -> Run:
                   a.system, wire.bytes, a.client_chunk, secure)  # fmt: skip
     robust = _robust_plan(a, clean, malicious, spec, runs[0][0])
     round_fn = build_round(algorithm, *build_args, _auto.default(a.client_map), robust=robust)
-    state = initial_state(round_fn, algorithm, params, spec.x.shape[0], root)
+    state = initial_state(round_fn, algorithm, params, spec.num_examples.shape[0], root)
     k_rounds = jax.random.split(root)[1]
-    train = ClientData(*(jnp.asarray(x) for x in spec))
-    if mesh is not None:  # server state replicated, training data split along clients
-        state, train = jax.device_put(state, replicated(mesh)), shard_clients(spec, mesh)
+    if mesh is None:
+        train = ClientData(*(jnp.asarray(x) for x in spec))
+    else:  # server state replicated, training data split along clients
+        state = distributed.put(state, replicated(mesh))
+        train = shard_clients(spec, mesh, a.data.num_clients, _first_hosted(a.data))
     # Evaluation is compiled for ONE run's state; with many runs it is applied run by run.
     splits, eval_params, evaluate_global, compile_s = _evaluators(
         a, algorithm, state, a.data.test, mesh
@@ -395,7 +418,7 @@ def prepare(a: RunArgs) -> Run:
     if multi:
         state, k_rounds = _stacked_start(a, algorithm, round_fn, runs, params, a.params)
         if mesh is not None:
-            state = jax.device_put(state, run_sharding(mesh))
+            state = distributed.put(state, run_sharding(mesh))
     spmd = None if mesh is None else RUN_AXIS
 
     def block_for(strategy: str):
@@ -431,6 +454,7 @@ def _poisoned(a: RunArgs):
         return a, None
     malicious = malicious_clients(a.attack, a.data.num_clients)
     if a.attack.poison is not None:
+        a.data.whole(f"the {a.attack.name} attack's data poisoning")
         rng = np.random.default_rng(a.attack.seed)
         a = dataclasses.replace(a, data=a.attack.poison(a.data, malicious, rng))
     return a, malicious
@@ -443,6 +467,7 @@ def _robust_plan(a: RunArgs, clean, malicious, spec, seed: int) -> RobustPlan:
     if agg is not None and (agg.root is not None or agg.root_size is not None):
         pair = agg.root
         if pair is None:  # drawn from the clean pooled training data
+            clean.whole("drawing FLTrust's root dataset from the pooled training data")
             pair = sample_root(clean.train, agg.root_size, np.random.default_rng(seed))
         root = root_client(pair, spec)
     craft = None if a.attack is None else a.attack.craft
@@ -506,7 +531,7 @@ def _begin(run: Run, bar) -> int:
     placement = None
     if run.mesh is not None:
         placement = run_sharding(run.mesh) if run.recorder.multi else replicated(run.mesh)
-    run.state = (jax.device_put(host_state, placement) if placement is not None
+    run.state = (distributed.put(host_state, placement) if placement is not None
                  else jax.tree.map(jnp.asarray, host_state))  # fmt: skip
     run.choose_client_map(start, progress.get("client_map"))
     if bar is not None:
@@ -556,7 +581,7 @@ def _block(run: Run, start: int) -> int:
                                                run.train).compile()  # fmt: skip
         run.compile_s += time.perf_counter() - t0
     run.state, metrics = compiled[length](run.state, run.k_rounds, round_ids, run.train)
-    metrics = jax.device_get(metrics)
+    metrics = distributed.to_host(metrics)
     for i, log in enumerate(run.logs):
         run.recorder.absorb(log, _run_of(run, metrics, i), start, length)
         run.recorder.record(end, _run_of(run, run.state, i), _run_of(run, metrics.train_loss, i),

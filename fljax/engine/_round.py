@@ -56,6 +56,7 @@ def pool_clients(data: ClientData) -> ClientData:
 def train_spec(data: FederatedData, algorithm: Algorithm) -> ClientData:
     """The training split the round sees: pooled into one client for ``centralized``."""
     if algorithm.mode == "centralized":
+        data.whole("centralized training")
         return pool_clients(data.train)
     return ClientData(*(np.asarray(a) for a in data.train))
 
@@ -148,7 +149,7 @@ class RoundSpec(NamedTuple):
 
 
 def _selection(r: RoundSpec) -> list[Stage]:
-    num_clients = r.spec.x.shape[0]
+    num_clients = r.spec.num_examples.shape[0]
     system, dp = r.system, r.dp_plan
     available = None if system is None else _select.availability_fn(system, num_clients)
     if dp is not None and dp.poisson_clients:
@@ -168,7 +169,7 @@ def _training(r: RoundSpec) -> list[Stage]:
     """Local training, [model poisoning], the client chain, fault isolation, [FLTrust's root
     update] and the reduction; fused and streamed in chunks when the aggregator is linear,
     ``client_chunk`` is below the cohort and no attacker needs the whole cohort."""
-    algorithm, num_clients, rb = r.algorithm, r.spec.x.shape[0], r.robust
+    algorithm, num_clients, rb = r.algorithm, r.spec.num_examples.shape[0], r.robust
     width = _select.cohort_width(num_clients, r.k, r.dp_plan, r.system)
     if rb.craft is None and r.cmap.streams(algorithm.aggregator, width):
         return [_reduce.streamed_training(r.client_update, algorithm.client_transform,
@@ -186,7 +187,7 @@ def _training(r: RoundSpec) -> list[Stage]:
 def synchronous(r: RoundSpec) -> list[Stage]:
     """The stages of a synchronous round (``federated``, ``centralized``)."""
     algorithm, system = r.algorithm, r.system
-    num_clients = r.spec.x.shape[0]
+    num_clients = r.spec.num_examples.shape[0]
     steps = algorithm.local_steps if isinstance(algorithm.local_steps, tuple) else None
     stages = [round_keys(SyncKeys), _train.broadcast(r.downlink is not None), *_selection(r),
               _train.gather_data(), _clock.work_budget(r.plan, steps, r.stragglers)]  # fmt: skip
@@ -209,7 +210,7 @@ def synchronous(r: RoundSpec) -> list[Stage]:
 
 def cyclic(r: RoundSpec) -> list[Stage]:
     """The stages of a cyclic round: the model visits the next ``K`` clients in turn."""
-    num_clients = r.spec.x.shape[0]
+    num_clients = r.spec.num_examples.shape[0]
     order = _select.cyclic_order(num_clients, r.k, bool(r.algorithm.hparams.get("shuffle")))
 
     def order_key(params, c, key):
@@ -224,7 +225,7 @@ def cyclic(r: RoundSpec) -> list[Stage]:
 
 def local(r: RoundSpec) -> list[Stage]:
     """The stages of local-only training: each selected client trains its own model."""
-    num_clients = r.spec.x.shape[0]
+    num_clients = r.spec.num_examples.shape[0]
     return [round_keys(LocalKeys), _select.uniform_selection(num_clients, r.k),
             _train.gather_data(), _train.own_models(),
             _train.gather_clients_inputs(r.cmap, with_state=False),
@@ -236,7 +237,7 @@ def asynchronous(r: RoundSpec) -> list[Stage]:
     """The stages of one asynchronous server step (FedBuff / FedAsync). With client-level DP
     or secure aggregation the buffer is the step's cohort: staleness-scaled updates go through
     the dense reduction (clipped noisy sum, secure sum)."""
-    hp, num_clients = r.algorithm.hparams, r.spec.x.shape[0]
+    hp, num_clients = r.algorithm.hparams, r.spec.num_examples.shape[0]
     b, s_max = hp["buffer_size"], hp["max_staleness"]
     times = _clock.full_work_times(r.system, r.spec, r.plan, r.wire_bytes)
     arrivals = _async.arrivals(b, s_max)._replace(

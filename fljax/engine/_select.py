@@ -101,7 +101,7 @@ def system_selection(system, model, task_loss, k: int, spec, t_all, t_pref) -> S
         k: cohort size; ``spec``: the training split (sizes); ``t_all``: ``[C]`` time of a
             full round of work per client; ``t_pref``: Oort's preferred round duration.
     """
-    num_clients = spec.x.shape[0]
+    num_clients = spec.num_examples.shape[0]
     available = availability_fn(system, num_clients)
     log_n = jnp.log(jnp.maximum(jnp.asarray(np.asarray(spec.num_examples), jnp.float32), 1e-6))
     rule = system.selection

@@ -35,7 +35,7 @@ def privacy_plan_of(setup: Setup, rounds: int):
     )
     if isinstance(algorithm.local_steps, tuple):
         steps = np.asarray(algorithm.local_steps)
-    num_units = spec.x.shape[0]
+    num_units = spec.num_examples.shape[0]
     return privacy_plan(
         privacy,
         num_clients=num_units,
@@ -178,8 +178,9 @@ def _upload_shape(algorithm, model, data, spec, params, state):
         return ()
     _, update = client_update_for(algorithm, model, data, spec)
     one_state = jax.tree.map(lambda a: a[0], state.client_states)
-    out = jax.eval_shape(update, params, spec.x[0], spec.y[0], spec.num_examples[0],
-                         jax.random.key(0), one_state, state.algorithm_state)  # fmt: skip
+    one = [jax.ShapeDtypeStruct(a.shape[1:], a.dtype) for a in (spec.x, spec.y, spec.num_examples)]
+    out = jax.eval_shape(update, params, *one, jax.random.key(0), one_state,
+                         state.algorithm_state)  # fmt: skip
     return out.upload
 
 
