@@ -29,8 +29,9 @@ META_DIR = ".fljax"  # lock, config.json, hydra/ (a copy of .hydra/ of the run's
 RESUME_DIR = "resume"  # the resume steps (fljax._io.save_state)
 CONFIG_FILE = "config.json"
 # Keys a resume may change: the length of the run, and how it is shown, logged and saved.
-RESUMABLE_KEYS = ("rounds", "resume", "overwrite", "progress", "objective", "checkpoint",
-                  "save_state", "client_map", "client_chunk", "client_memory_gb")  # fmt: skip
+RESUMABLE_KEYS = ("rounds", "resume", "distributed", "overwrite", "progress", "objective",
+                  "checkpoint", "save_state", "client_map", "client_chunk",
+                  "client_memory_gb")  # fmt: skip
 RESUMABLE_PREFIXES = ("loggers.",)
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 import functools
 import os
 import re
+import socket
+import time
 from typing import Any
 
 import jax
@@ -84,6 +86,8 @@ def initialize(
                              f"(num_processes={num_processes})")  # fmt: skip
     if coordinator_address is not None:
         _check_address(coordinator_address)
+        if process_id is not None:
+            _reach(coordinator_address, int(process_id), timeout_s)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
         jax.distributed.initialize(
@@ -95,6 +99,65 @@ def initialize(
             f"could not join the multi-process run (coordinator_address={coordinator_address!r},"
             f" num_processes={num_processes}, process_id={process_id}): {e}"
         ) from e
+
+
+class ProcessLostError(RuntimeError):
+    """Another process of a multi-process run failed or was killed (its collectives broke)."""
+
+
+_BROKEN = ("gloo", "heartbeat", "coordination service", "connection reset", "connection closed")
+
+
+def lost(err: BaseException) -> ProcessLostError | None:
+    """The clear error behind ``err`` when it (or an error it was raised from) is a
+    collective or the coordination service breaking because another process of the run
+    died; ``None`` otherwise."""
+    if not multiprocess():
+        return None
+    seen, e = set(), err
+    while e is not None and id(e) not in seen:
+        if isinstance(e, ProcessLostError):
+            return e
+        if any(sign in str(e).lower() for sign in _BROKEN):
+            break
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    else:
+        return None
+    return ProcessLostError(
+        f"process {jax.process_index()} of {jax.process_count()}: another process of this "
+        f"multi-process run failed or was killed (see its output), so the run stops; "
+        f"resume=true continues from the last saved step with all processes. ({err})"
+    )
+
+
+def _reach(address: str, process_id: int, timeout_s: float) -> None:
+    """Process 0 can host the coordinator at ``address`` (its port is free); any other
+    process can connect to it within ``timeout_s`` (JAX itself would abort the process
+    without naming the address)."""
+    host, port = address.rsplit(":", 1)
+    host = host.strip("[]")
+    if process_id == 0:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            try:
+                s.bind(("", int(port)))
+            except OSError as e:
+                raise RuntimeError(f"coordinator_address={address!r}: process 0 cannot host "
+                                   f"the coordinator on port {port} ({e})") from None  # fmt: skip
+        return
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection((host, int(port)), timeout=1.0).close()
+            return
+        except OSError as e:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"coordinator_address={address!r}: process {process_id} could not reach "
+                    f"the coordinator (process 0) within {timeout_s} s ({e}); is process 0 "
+                    "running, and is the address the one it listens on?"
+                ) from None
+            time.sleep(0.2)
 
 
 def multiprocess() -> bool:

@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from fljax import _folder
+from fljax import _folder, distributed
 from fljax._folder import RESUME_DIR
 from fljax._io import (
     SUMMARY_FILE,
@@ -334,7 +334,8 @@ def _simulate_args(cfg: DictConfig, c: _Components, seeds, sweep, state_dir, cal
         downlink=c.downlink, privacy=c.privacy, secure_aggregation=c.secagg, system=c.system,
         checkpoint_dir=None if state_dir is None else str(state_dir),
         resume=bool(cfg.get("resume", False)), callbacks=callbacks,
-        progress=bool(cfg.get("progress", False)), seeds=seeds, sweep=sweep,
+        progress=bool(cfg.get("progress", False)) and distributed.is_primary(), seeds=seeds,
+        sweep=sweep,
         client_chunk=chunk, client_map=str(cfg.get("client_map", "vmap")),
         aggregator=c.aggregator, attack=c.attack,
         reject_norm=None if cfg.get("reject_norm") is None else float(cfg.reject_norm),
@@ -400,9 +401,16 @@ def run(cfg: DictConfig, run_dir: str | Path) -> SimulationResult:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     resume = bool(cfg.get("resume", False))
+    if not distributed.is_primary():
+        return _follow(cfg, run_dir)
     try:
         with _folder.locked(run_dir):
-            _open_folder(cfg, run_dir, resume)
+            try:
+                _open_folder(cfg, run_dir, resume)
+            except Exception:
+                distributed.broadcast(np.int32(0))  # the other processes stop too
+                raise
+            distributed.broadcast(np.int32(1))
             result = _run_in(cfg, run_dir, resume)
     except Exception as err:
         if not getattr(err, "fljax_ran", False):  # refused before it ran: the old record
@@ -411,6 +419,31 @@ def run(cfg: DictConfig, run_dir: str | Path) -> SimulationResult:
     if resume:
         _folder.snapshot_hydra(run_dir)  # the extended run's record
     return result
+
+
+def _follow(cfg: DictConfig, run_dir: Path) -> SimulationResult:
+    """A process other than 0 of a multi-process run: the same simulation, in step with
+    process 0 (which owns the run folder and writes every result); it joins the collective
+    checkpoint saves and writes nothing of its own."""
+    if not int(distributed.broadcast(np.int32(0))):  # process 0's verdict on the folder
+        raise RunRefusedError(f"process 0 refused the run folder {run_dir} (its error says why)")
+    seeds, sweep, runs = _seeds_and_sweep(cfg)
+    resume = bool(cfg.get("resume", False))
+    state_dir = run_dir / RESUME_DIR if cfg.get("save_state", True) or resume else None
+    c = _components(cfg)
+    chunk = _client_chunk(cfg, c.algorithm, c.model, c.data)
+    result = _simulate(cfg, c, seeds, sweep, state_dir, [], chunk)
+    if cfg.get("checkpoint", True):  # orbax saves are collective: the same calls as process 0
+        if seeds is None:
+            save_params(run_dir, result.params)
+        else:
+            for (x, v), res in zip(runs, result, strict=True):
+                save_params(_run_folder(run_dir, x, v), res.params)
+    return result
+
+
+class RunRefusedError(RuntimeError):
+    """Process 0 of a multi-process run refused the run folder."""
 
 
 def _run_in(cfg: DictConfig, run_dir: Path, resume: bool) -> SimulationResult:
@@ -464,7 +497,8 @@ def _write_results(cfg, c: _Components, run_dir, result, summary, seeds, sweep, 
 # What a user can fix from the command line (a bad value, a missing file, a busy or occupied
 # folder, a run that diverged): one line on stderr instead of a traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, FloatingPointError,
-               _folder.RunFolderBusyError, CorruptCheckpointError)  # fmt: skip
+               _folder.RunFolderBusyError, CorruptCheckpointError, RunRefusedError,
+               distributed.ProcessLostError)  # fmt: skip
 
 
 def user_error(err: BaseException) -> BaseException | None:
@@ -477,6 +511,25 @@ def user_error(err: BaseException) -> BaseException | None:
     return err if isinstance(err, USER_ERRORS) else None
 
 
+def join(cfg: DictConfig, run_dir: Path) -> Path:
+    """Joins a multi-process run when ``fljax-launch`` set ``FLJAX_*`` or ``distributed=auto``
+    asks JAX to detect the cluster; the run folder is then process 0's (every process must
+    see the same path: a shared file system across hosts)."""
+    how = cfg.get("distributed")
+    if how not in (None, "auto"):
+        raise ValueError(f"distributed={how!r} is not one of null, auto")
+    if how is None and distributed.from_env() is None:
+        return run_dir
+    distributed.initialize()
+    if not distributed.multiprocess():
+        return run_dir
+    encoded = np.zeros(4096, np.uint8)
+    raw = str(run_dir.resolve()).encode()
+    encoded[: len(raw)] = np.frombuffer(raw, np.uint8)
+    shared = bytes(distributed.broadcast(encoded)).rstrip(b"\0").decode()
+    return Path(shared)
+
+
 @hydra.main(version_base=None, config_path=CONF_DIR, config_name="config")
 def _hydra_main(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -484,13 +537,20 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         if cfg.get("dry_run", False):
             print(check(cfg))
             return None
+        run_dir = join(cfg, run_dir)
         run(cfg, run_dir)
+        if not distributed.is_primary():
+            return None
     except Exception as err:
-        cause = user_error(err)
+        cause = distributed.lost(err) or user_error(err)
         if cause is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"fljax-run: error: {type(cause).__name__}: {cause}\n"
               "(HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)  # fmt: skip
+        if distributed.multiprocess():  # JAX's shutdown barrier would wait for the others
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(2)
         sys.exit(2)
     return json.loads((run_dir / SUMMARY_FILE).read_text())["objective"]["value"]
 

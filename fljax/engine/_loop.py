@@ -604,6 +604,11 @@ def execute(run: Run) -> list:
             if bar is not None:
                 bar.evaluated(start, end, run.logs[-1].history[-1]["metrics"])
             start = end
+    except Exception as err:
+        lost = distributed.lost(err)
+        if lost is None:
+            raise
+        raise lost from err
     finally:
         if bar is not None:
             bar.close()

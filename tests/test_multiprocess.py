@@ -1,0 +1,195 @@
+"""Multi-process runs on JAX's distributed runtime (``fljax.distributed``, ``fljax-launch``):
+2 processes on localhost (1 CPU device each, Gloo collectives) against one process."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fljax
+from fljax import distributed
+from fljax.launch import commands, free_port
+
+HERE = Path(__file__).resolve().parent
+
+
+def _env(i: int, n: int, port: int) -> dict:
+    return os.environ | {distributed.ENV_COORDINATOR: f"127.0.0.1:{port}",
+                         distributed.ENV_NUM_PROCESSES: str(n),
+                         distributed.ENV_PROCESS_ID: str(i),
+                         "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}  # fmt: skip
+
+
+def _start(n: int, cmd: list[str], **popen) -> list[subprocess.Popen]:
+    port = free_port()
+    return [subprocess.Popen(cmd, env=_env(i, n, port), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, **popen)
+            for i in range(n)]  # fmt: skip
+
+
+def _finish(procs, timeout=600) -> list[str]:
+    outs = [p.communicate(timeout=timeout) for p in procs]
+    for i, (p, (_, err)) in enumerate(zip(procs, outs, strict=True)):
+        assert p.returncode == 0, f"process {i}: {err[-3000:]}"
+    return [err for _, err in outs]
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    """Every case of ``tests/mp_worker.py`` run by 2 processes: each process's results."""
+    out = tmp_path_factory.mktemp("mp") / "got.json"
+    _finish(_start(2, [sys.executable, str(HERE / "mp_worker.py"), str(out)]))
+    return [json.loads(Path(f"{out}.{i}").read_text()) for i in range(2)]
+
+
+def _close(got, want, where: str):
+    """``got`` (JSON) equals ``want`` to 1e-6, numbers anywhere in nested lists / dicts."""
+    if isinstance(want, dict):
+        assert set(got) == set(want), where
+        for k in want:
+            _close(got[k], want[k], f"{where}.{k}")
+    elif isinstance(want, list | tuple):
+        assert len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
+            _close(g, w, f"{where}[{i}]")
+    elif isinstance(want, float | int | np.floating | np.integer) and want is not None:
+        assert got is not None and np.isclose(got, want, rtol=1e-6, atol=1e-6), \
+            f"{where}: {got} != {want}"  # fmt: skip
+    else:
+        assert got == want, f"{where}: {got!r} != {want!r}"
+
+
+@pytest.mark.parametrize("case", ["fedavg", "scaffold", "client_dp", "secagg"])
+def test_two_processes_match_one(two_processes, case):
+    """The same seed gives the single-process histories, final parameters and per-client
+    state (SCAFFOLD's control variates) to 1e-6, in both processes."""
+    sys.path.insert(0, str(HERE))
+    import mp_worker
+
+    data = fljax.data.load("synthetic_hospitals", **mp_worker.DATA)
+    model = fljax.models.get("logistic", num_classes=2)
+    kw = mp_worker.cases()[case]
+    want = json.loads(json.dumps(mp_worker.outcome(
+        fljax.simulate(model=model, data=data, **mp_worker.RUN, **kw))))  # fmt: skip
+    for i, got in enumerate(two_processes):
+        _close(got[case], want, f"process {i}: {case}")
+
+
+def test_each_process_holds_its_clients_only(two_processes):
+    """Process p holds clients [5p, 5p + 5) of 10, about half the federation's bytes, and
+    the data digest of the whole federation gathered from both equals one process's."""
+    sys.path.insert(0, str(HERE))
+    import mp_worker
+
+    from fljax.engine._identity import data_digest
+
+    whole = fljax.data.load("synthetic_hospitals", **mp_worker.DATA)
+    total = sum(np.asarray(a).nbytes for split in (whole.train, whole.test) for a in split[:2])
+    assert [p["hosted"] for p in two_processes] == [[0, 5], [5, 10]]
+    for p in two_processes:
+        assert p["federation_bytes"] == total // 2
+        assert p["digest"] == data_digest(whole)
+
+
+RUN_ARGS = ["dataset=synthetic_hospitals", "dataset.num_clients=10", "dataset.num_features=4",
+            "dataset.mean_size=16", "model=logistic", "rounds=12", "eval_every=1",
+            "clients_per_round=4", "progress=false", "algorithm.client_lr=0.1"]  # fmt: skip
+
+
+def _entries(folder: Path) -> list[dict]:
+    path = folder / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+
+
+def test_a_killed_process_stops_the_run_and_both_resume_it(tmp_path):
+    """SIGKILL of process 1 mid-run: process 0 exits within 60 s naming the lost process;
+    ``fljax-launch ... resume=true`` finishes the run, and its history equals a
+    single-process run of the same config."""
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "fljax.run", *RUN_ARGS, f"hydra.run.dir={run_dir}"]
+    procs = _start(2, cmd)
+    deadline = time.monotonic() + 300
+    while len(_entries(run_dir)) < 3 and time.monotonic() < deadline:
+        assert all(p.poll() is None for p in procs), procs[0].stderr.read()[-3000:]
+        time.sleep(0.05)
+    procs[1].send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    _, err = procs[0].communicate(timeout=60)
+    assert time.monotonic() - killed_at < 60
+    assert procs[0].returncode != 0
+    assert "ProcessLostError" in err and "another process" in err, err[-3000:]
+    assert len(_entries(run_dir)) < 13  # it stopped mid-run
+    procs[1].communicate()
+
+    launched = subprocess.run(
+        [sys.executable, "-m", "fljax.launch", "--processes", "2", "--devices-per-process", "1",
+         "--", *RUN_ARGS, f"hydra.run.dir={run_dir}", "resume=true"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    one = tmp_path / "one"
+    single = subprocess.run([sys.executable, "-m", "fljax.run", *RUN_ARGS,
+                             f"hydra.run.dir={one}"], capture_output=True, text=True,
+                            env=os.environ | {"XLA_FLAGS":
+                                              "--xla_force_host_platform_device_count=2"},
+                            timeout=600)  # fmt: skip
+    assert single.returncode == 0, single.stderr[-3000:]
+    got, want = _entries(run_dir), _entries(one)
+    assert [e["round"] for e in got] == list(range(13))
+    for g, w in zip(got, want, strict=True):
+        _close(g["metrics"], w["metrics"], f"round {w['round']}")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "finished"
+
+
+def test_bad_process_id_and_address_fail_at_once():
+    with pytest.raises(ValueError, match="process_id=2 must lie in"):
+        distributed.initialize("127.0.0.1:1234", 2, 2)
+    with pytest.raises(ValueError, match="coordinator_address='localhost'"):
+        distributed.initialize("localhost", 2, 0)
+    with pytest.raises(ValueError, match="num_processes=0"):
+        distributed.initialize("127.0.0.1:1234", 0, 0)
+
+
+def test_an_unreachable_coordinator_fails_naming_it():
+    """Process 1 of 2 waiting for a coordinator nobody runs: a clear error after the
+    timeout, naming the address."""
+    address = f"127.0.0.1:{free_port()}"
+    code = ("from fljax import distributed\n"
+            f"distributed.initialize({address!r}, 2, 1, timeout_s=3)")  # fmt: skip
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
+    assert out.returncode != 0
+    assert f"coordinator_address={address!r}" in out.stderr, out.stderr[-2000:]
+    assert time.monotonic() - t0 < 60
+
+
+def test_launch_stops_the_others_when_one_fails():
+    """``fljax-launch``'s supervisor: the first failure's code, the rest stopped at once."""
+    from fljax.launch import _supervise
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    failing = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(3)"])
+    t0 = time.monotonic()
+    assert _supervise([sleeper, failing], grace=5.0, forwarded=[]) == 3
+    assert sleeper.poll() is not None and time.monotonic() - t0 < 30
+
+
+def test_launch_commands():
+    """One run folder for every process; processes 1.. write no Hydra files; no multirun."""
+    cmds = commands(3, ["rounds=2"], run_dir="outputs/x")
+    assert all("hydra.run.dir=outputs/x" in c for c in cmds)
+    assert "hydra.output_subdir=null" not in cmds[0]
+    assert all("hydra.output_subdir=null" in c for c in cmds[1:])
+    assert commands(2, ["hydra.run.dir=/r"])[0].count("hydra.run.dir=/r") == 1
+    with pytest.raises(ValueError, match="multirun"):
+        commands(2, ["-m", "seed=0,1"])
