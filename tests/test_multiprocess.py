@@ -193,3 +193,50 @@ def test_launch_commands():
     assert commands(2, ["hydra.run.dir=/r"])[0].count("hydra.run.dir=/r") == 1
     with pytest.raises(ValueError, match="multirun"):
         commands(2, ["-m", "seed=0,1"])
+
+
+def _same_split(a, b):
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_a_hosted_block_of_the_federation(monkeypatch):
+    """``hosting(rows)``: those clients' rows, every client's counts and names; the hosted
+    ``synthetic_hospitals`` (drawing only its sites) and ``from_client_arrays(hosted=...)``
+    give exactly that block; what needs every client refuses it, naming itself."""
+    import fljax.data._hospitals as hospitals
+
+    kw = dict(num_clients=9, num_features=3, mean_size=12, seed=4)
+    whole = fljax.data.load("synthetic_hospitals", **kw)
+    part = whole.hosting(range(3, 7))
+    assert (part.num_clients, part.hosted, part.train.x.shape[0]) == (9, (3, 7), 4)
+    np.testing.assert_array_equal(part.num_examples, whole.num_examples)
+    assert part.client_names == whole.client_names
+    assert part.sample().shape == whole.sample().shape and not part.sample().any()
+    _same_split(part.train, (whole.train.x[3:7], whole.train.y[3:7], whole.num_examples))
+
+    monkeypatch.setattr(hospitals, "multiprocess", lambda: True)
+    monkeypatch.setattr(hospitals, "hosted_rows", lambda c: range(3, 7))
+    drawn = hospitals.synthetic_hospitals(**kw)
+    assert drawn.hosted == (3, 7)
+    for a, b in ((drawn.train, part.train), (drawn.test, part.test)):
+        _same_split(a, b)
+
+    xs = [np.asarray(whole.train.x[c, : whole.num_examples[c]]) for c in range(3, 7)]
+    ys = [np.asarray(whole.train.y[c, : whole.num_examples[c]]) for c in range(3, 7)]
+    n_test = np.asarray(whole.test.num_examples)
+    tx = [np.asarray(whole.test.x[c, : n_test[c]]) for c in range(3, 7)]
+    ty = [np.asarray(whole.test.y[c, : n_test[c]]) for c in range(3, 7)]
+    built = fljax.data.from_client_arrays(
+        xs, ys, tx, ty, num_classes=2,
+        hosted=(range(3, 7), whole.num_examples, n_test, (3,), ()),
+    )  # fmt: skip
+    _same_split(built.train, part.train)
+    _same_split(built.test, part.test)
+    for what, call in (("describe", fljax.data.describe),
+                       ("drop_empty_clients", fljax.data.drop_empty_clients)):  # fmt: skip
+        with pytest.raises(ValueError, match=f"{what} needs every client's data"):
+            call(part)
+    with pytest.raises(ValueError, match="hosted: client 3 has"):
+        fljax.data.from_client_arrays(xs, ys, tx, ty, num_classes=2, hosted=(
+            range(3, 7), whole.num_examples + 1, n_test, (3,), ()))  # fmt: skip

@@ -22,13 +22,16 @@ NEEDS = {
 
 
 def _commands() -> list[str]:
-    """The ``fljax-run`` lines of the README's bash blocks (continuations joined)."""
+    """The ``fljax-run`` lines of the README's bash blocks (continuations joined); an
+    ``fljax-launch ... -- <overrides>`` line counts as ``fljax-run <overrides>``."""
     text = README.read_text()
     blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
     lines = " ".join(b.replace("\\\n", " ") for b in blocks).replace("\n", " \n ").split("\n")
     out = []
     for line in lines:
         line = line.split(" #")[0].strip()
+        if line.startswith("fljax-launch") and " -- " in line:
+            line = "fljax-run " + line.split(" -- ", 1)[1]
         if line.startswith("fljax-run"):
             out.append(line)
     return out

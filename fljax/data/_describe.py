@@ -15,6 +15,7 @@ def describe(fed: FederatedData) -> dict:
     variation of training sizes) and, for classification, ``label_skew`` (mean total-variation
     distance between each client's label distribution and the pooled one).
     """
+    fed.whole("describe")
     tr, te = fed.train, fed.test
     rows = []
     pooled = None
@@ -54,6 +55,7 @@ def describe(fed: FederatedData) -> dict:
 def plot_federation(fed: FederatedData, max_clients: int = 50):
     """Bar chart of training sizes per client, stacked by label (classification), as a
     matplotlib Figure (the first ``max_clients`` clients)."""
+    fed.whole("plot_federation")
     import matplotlib.pyplot as plt
 
     from fljax._plot import bar_styles, legend_outside
