@@ -215,19 +215,21 @@ def _is_key(x) -> bool:
 
 
 def put(tree: PyTree, sharding) -> PyTree:
-    """``tree`` (the same host value in every process) placed with ``sharding``:
-    ``jax.device_put`` in one process; over several, each process supplies its devices'
-    shards (``jax.make_array_from_callback``)."""
+    """``tree`` (the same host value in every process) placed with ``sharding`` (one, or a
+    tree of them matching ``tree``): ``jax.device_put`` in one process; over several, each
+    process supplies its devices' shards (``jax.make_array_from_callback``)."""
     if not multiprocess():
         return jax.device_put(tree, sharding)
 
-    def one(x):
+    def one(x, where):
         if _is_key(x):
-            return jax.random.wrap_key_data(one(jax.random.key_data(x)))
+            return jax.random.wrap_key_data(one(jax.random.key_data(x), where))
         host = np.asarray(x)
-        return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+        return jax.make_array_from_callback(host.shape, where, lambda idx: host[idx])
 
-    return jax.tree.map(one, tree)
+    if isinstance(sharding, jax.sharding.Sharding):
+        return jax.tree.map(lambda x: one(x, sharding), tree)
+    return jax.tree.map(one, tree, sharding)
 
 
 def to_host(tree: PyTree) -> PyTree:

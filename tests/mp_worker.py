@@ -46,6 +46,7 @@ def outcome(result) -> dict:
 
 def main(out_path: str) -> None:
     distributed.initialize()
+    from fljax.engine import RunArgs, prepare
     from fljax.engine._identity import data_digest
 
     data = fljax.data.load("synthetic_hospitals", **DATA)
@@ -55,6 +56,9 @@ def main(out_path: str) -> None:
         "digest": data_digest(data)}  # fmt: skip
     for name, kw in cases().items():
         got[name] = outcome(fljax.simulate(model=model, data=data, **RUN, **kw))
+    run = prepare(RunArgs(model=model, data=data, **RUN, **cases()["scaffold"]))
+    c_i = jax.tree.leaves(run.state.client_states)[0]
+    got["scaffold_rows_held"] = sum(s.data.shape[0] for s in c_i.addressable_shards)
     with open(f"{out_path}.{jax.process_index()}", "w") as f:  # each process its own file
         json.dump(got, f)
 

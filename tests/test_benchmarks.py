@@ -82,3 +82,13 @@ def test_robust_reports_each_rule_against_fedavg(capsys):
                       "1", "--rules", "fedavg,median,bulyan", capsys=capsys)  # fmt: skip
     assert fig["rules"]["fedavg"]["vs_fedavg"] == 1.0
     assert fig["rules"]["bulyan"]["round_s"] > 0
+
+
+def test_multiprocess_reports_each_process_count():
+    """1 and 2 processes of one run: each process of 2 holds its half of the federation."""
+    fig = _bench("benchmarks/multiprocess.py", "--processes", "1", "2", "--workloads",
+                 "hospitals", "--hospitals", "40", "--per-round", "8", "--rounds", "1")  # fmt: skip
+    two = fig["runs"]["hospitals_2p"]
+    assert [p["hosted"] for p in two] == [[0, 20], [20, 40]]
+    assert fig["hospitals_2p_over_1p"]["federation_bytes"] == pytest.approx(0.5, rel=0.05)
+    assert all(p["s_per_round"] > 0 for p in two)

@@ -40,14 +40,6 @@ def _finish(procs, timeout=600) -> list[str]:
     return [err for _, err in outs]
 
 
-@pytest.fixture(scope="module")
-def two_processes(tmp_path_factory):
-    """Every case of ``tests/mp_worker.py`` run by 2 processes: each process's results."""
-    out = tmp_path_factory.mktemp("mp") / "got.json"
-    _finish(_start(2, [sys.executable, str(HERE / "mp_worker.py"), str(out)]))
-    return [json.loads(Path(f"{out}.{i}").read_text()) for i in range(2)]
-
-
 def _close(got, want, where: str):
     """``got`` (JSON) equals ``want`` to 1e-6, numbers anywhere in nested lists / dicts."""
     if isinstance(want, dict):
@@ -65,36 +57,38 @@ def _close(got, want, where: str):
         assert got == want, f"{where}: {got!r} != {want!r}"
 
 
-@pytest.mark.parametrize("case", ["fedavg", "scaffold", "client_dp", "secagg"])
-def test_two_processes_match_one(two_processes, case):
+def _two_processes(tmp_path):
+    """Every case of ``tests/mp_worker.py`` run by 2 processes: each process's results."""
+    out = tmp_path / "got.json"
+    _finish(_start(2, [sys.executable, str(HERE / "mp_worker.py"), str(out)]))
+    return [json.loads(Path(f"{out}.{i}").read_text()) for i in range(2)]
+
+
+def test_two_processes_match_one_process(tmp_path):
     """The same seed gives the single-process histories, final parameters and per-client
-    state (SCAFFOLD's control variates) to 1e-6, in both processes."""
-    sys.path.insert(0, str(HERE))
-    import mp_worker
-
-    data = fljax.data.load("synthetic_hospitals", **mp_worker.DATA)
-    model = fljax.models.get("logistic", num_classes=2)
-    kw = mp_worker.cases()[case]
-    want = json.loads(json.dumps(mp_worker.outcome(
-        fljax.simulate(model=model, data=data, **mp_worker.RUN, **kw))))  # fmt: skip
-    for i, got in enumerate(two_processes):
-        _close(got[case], want, f"process {i}: {case}")
-
-
-def test_each_process_holds_its_clients_only(two_processes):
-    """Process p holds clients [5p, 5p + 5) of 10, about half the federation's bytes, and
-    the data digest of the whole federation gathered from both equals one process's."""
+    state to 1e-6, in both processes, for FedAvg, SCAFFOLD, client-level DP and SecAgg.
+    Process p holds clients [5p, 5p + 5) of 10 (half the federation's bytes, and half of
+    SCAFFOLD's control variates), and the digest of the federation gathered from both
+    equals one process's. (One test: the 2-process run is shared by every check.)"""
     sys.path.insert(0, str(HERE))
     import mp_worker
 
     from fljax.engine._identity import data_digest
 
-    whole = fljax.data.load("synthetic_hospitals", **mp_worker.DATA)
-    total = sum(np.asarray(a).nbytes for split in (whole.train, whole.test) for a in split[:2])
-    assert [p["hosted"] for p in two_processes] == [[0, 5], [5, 10]]
-    for p in two_processes:
+    got = _two_processes(tmp_path)
+    data = fljax.data.load("synthetic_hospitals", **mp_worker.DATA)
+    model = fljax.models.get("logistic", num_classes=2)
+    for case, kw in mp_worker.cases().items():
+        want = json.loads(json.dumps(mp_worker.outcome(
+            fljax.simulate(model=model, data=data, **mp_worker.RUN, **kw))))  # fmt: skip
+        for i, one in enumerate(got):
+            _close(one[case], want, f"process {i}: {case}")
+    total = sum(np.asarray(a).nbytes for split in (data.train, data.test) for a in split[:2])
+    assert [p["hosted"] for p in got] == [[0, 5], [5, 10]]
+    for p in got:
+        assert p["scaffold_rows_held"] == 5
         assert p["federation_bytes"] == total // 2
-        assert p["digest"] == data_digest(whole)
+        assert p["digest"] == data_digest(data)
 
 
 RUN_ARGS = ["dataset=synthetic_hospitals", "dataset.num_clients=10", "dataset.num_features=4",

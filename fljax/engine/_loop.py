@@ -17,7 +17,9 @@ import numpy as np
 from fljax import distributed
 from fljax._devices import (
     RUN_AXIS,
+    client_count,
     client_mesh,
+    client_sharding,
     replicated,
     run_mesh,
     run_sharding,
@@ -115,8 +117,12 @@ class RunArgs:
         devices: devices to split the selected clients over (default: all local devices of
             the default backend; the largest count dividing ``clients_per_round`` is used).
             The training data is split along clients over the same devices (padded to a
-            multiple of their count), so each holds about ``1 / D`` of the federation.
-            On CPU, :func:`fljax.set_host_device_count` exposes one device per core.
+            multiple of their count), so each holds about ``1 / D`` of the federation, and so
+            are the per-client states (SCAFFOLD's c_i, compression residuals) when the
+            client count divides over the devices. On CPU,
+            :func:`fljax.set_host_device_count` exposes one device per core. In a
+            multi-process run (:mod:`fljax.distributed`) every process's devices are used
+            and the cohort must be a multiple of their count.
             Results are identical for a given device count; across counts they can differ
             in the last bits (the order of the cross-device sum).
         callbacks: called with each history entry as soon as it exists (e.g. to write
@@ -408,8 +414,9 @@ def prepare(a: RunArgs) -> Run:
     k_rounds = jax.random.split(root)[1]
     if mesh is None:
         train = ClientData(*(jnp.asarray(x) for x in spec))
-    else:  # server state replicated, training data split along clients
-        state = distributed.put(state, replicated(mesh))
+    else:  # server state replicated (per-client states split), training data split
+        placement = state_placement(state, mesh, spec.num_examples.shape[0])
+        state = distributed.put(state, placement)
         train = shard_clients(spec, mesh, a.data.num_clients, _first_hosted(a.data))
     # Evaluation is compiled for ONE run's state; with many runs it is applied run by run.
     splits, eval_params, evaluate_global, compile_s = _evaluators(
@@ -427,8 +434,9 @@ def prepare(a: RunArgs) -> Run:
             return jax.jit(_swept_block(a, setup, dp_plan, sweep_values, runs,
                                         (*build_args, strategy), spmd, robust))  # fmt: skip
         block = build_block(build_round(algorithm, *build_args, strategy, robust=robust))
-        return jax.jit(jax.vmap(block, in_axes=(0, 0, None, None), spmd_axis_name=spmd)
-                       if multi else block)  # fmt: skip
+        if multi:
+            return jax.jit(jax.vmap(block, in_axes=(0, 0, None, None), spmd_axis_name=spmd))
+        return jax.jit(_kept_in_place(block, None if mesh is None else placement))
 
     recorder = Recorder(
         mode, wire, splits, eval_params, evaluate_global, splits[0][2],
@@ -445,6 +453,35 @@ def prepare(a: RunArgs) -> Run:
                fingerprint(asked, params) if a.checkpoint_dir is not None else {},
                compile_s=compile_s,
                t_start=t_start)  # fmt: skip
+
+
+def state_placement(state: ServerState, mesh, num_clients: int):
+    """The shardings of a run's state on ``mesh``: the per-client states ``[C, ...]`` (the
+    algorithm's and the client chain's) split along clients when ``C`` divides over the
+    devices (each device holds ``1 / D`` of them), everything else replicated."""
+    everywhere = replicated(mesh)
+    placement = jax.tree.map(lambda _: everywhere, state)
+    if num_clients % client_count(mesh):
+        return placement
+    split = client_sharding(mesh)
+    per_client = lambda tree: jax.tree.map(  # noqa: E731
+        lambda x: split if np.shape(x)[:1] == (num_clients,) else everywhere, tree)
+    return placement._replace(client_states=per_client(state.client_states),
+                              client_transform_states=per_client(
+                                  state.client_transform_states))  # fmt: skip
+
+
+def _kept_in_place(block, placement):
+    """``block`` whose new state keeps ``placement`` (the compiled block's outputs feed its
+    next call, which expects the same shardings)."""
+    if placement is None:
+        return block
+
+    def run_block(state, rounds_key, round_ids, train):
+        state, metrics = block(state, rounds_key, round_ids, train)
+        return jax.lax.with_sharding_constraint(state, placement), metrics
+
+    return run_block
 
 
 def _poisoned(a: RunArgs):
@@ -518,7 +555,7 @@ def _begin(run: Run, bar) -> int:
             f"{step_rounds(a.checkpoint_dir)[0]}); resume=True continues it, and a new run "
             "needs an empty folder (nothing saved is overwritten)"
         )
-    restored = load_state(a.checkpoint_dir, jax.device_get(run.state)) if a.resume else None
+    restored = load_state(a.checkpoint_dir, distributed.to_host(run.state)) if a.resume else None
     if restored is None:  # a fresh start (or nothing saved yet)
         run.choose_client_map(0)
         return _record_start(run)
@@ -530,7 +567,8 @@ def _begin(run: Run, bar) -> int:
     _restore(run, progress)
     placement = None
     if run.mesh is not None:
-        placement = run_sharding(run.mesh) if run.recorder.multi else replicated(run.mesh)
+        placement = (run_sharding(run.mesh) if run.recorder.multi
+                     else state_placement(host_state, run.mesh, run.args.data.num_clients))
     run.state = (distributed.put(host_state, placement) if placement is not None
                  else jax.tree.map(jnp.asarray, host_state))  # fmt: skip
     run.choose_client_map(start, progress.get("client_map"))
@@ -565,7 +603,7 @@ def _checkpoint(run: Run, round_idx: int) -> None:
         progress = {"round": round_idx, "runs": [log.progress(round_idx) for log in run.logs]}
     progress["client_map"] = run.client_map["strategy"]
     progress["fingerprint"] = run.identity
-    save_state(run.args.checkpoint_dir, jax.device_get(run.state), progress)
+    save_state(run.args.checkpoint_dir, distributed.to_host(run.state), progress)
 
 
 def _block(run: Run, start: int) -> int:
@@ -613,6 +651,8 @@ def execute(run: Run) -> list:
         if bar is not None:
             bar.close()
     wall_s = time.perf_counter() - run.t_start
+    if distributed.multiprocess():  # the result readable in every process (gathered once)
+        run.state = distributed.to_host(run.state)
     return [
         SimulationResult(
             params=_run_of(run, run.state, i).params,
