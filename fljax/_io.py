@@ -177,8 +177,7 @@ def save_state(directory: str | os.PathLike, state: Any, progress: dict,
 
     directory = Path(directory).resolve()
     round_idx = int(progress["round"])
-    arrays = {f"leaf_{i:05d}": np.asarray(jax.random.key_data(x) if _is_key(x) else x)
-              for i, x in enumerate(jax.tree.leaves(state))}  # fmt: skip
+    arrays = {f"leaf_{i:05d}": _saved(x) for i, x in enumerate(jax.tree.leaves(state))}
     tmp = directory / f".{STEP_PREFIX}{round_idx:08d}.tmp"
     primary = distributed.is_primary()  # in a multi-process run process 0 owns the folder
     if primary:
@@ -190,11 +189,23 @@ def save_state(directory: str | os.PathLike, state: Any, progress: dict,
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(tmp / STATE_DIR, arrays)  # every process: orbax's own multi-process protocol
     ckptr.wait_until_finished()
+    distributed.barrier("fljax_save_state_written")  # every process's shards are on disk
     final = _step_dir(directory, round_idx)
     if primary:
         _seal_step(tmp, final, progress, keep)
     distributed.barrier("fljax_save_state_end")
     return final
+
+
+def _saved(x):
+    """A leaf as saved: PRNG keys as their key data; host arrays, except an array split over
+    several processes' devices, which each process saves its own shards of (orbax)."""
+    import jax
+
+    x = jax.random.key_data(x) if _is_key(x) else x
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return x
+    return np.asarray(x)
 
 
 def _seal_step(tmp: Path, final: Path, progress: dict, keep: int) -> None:
@@ -274,9 +285,14 @@ def latest_step(directory: str | os.PathLike) -> tuple[Path, dict] | None:
     return None
 
 
-def load_state(directory: str | os.PathLike, like: Any) -> tuple[Any, dict] | None:
+def load_state(directory: str | os.PathLike, like: Any,
+               placement: Any = None) -> tuple[Any, dict] | None:  # fmt: skip
     """Restores the newest intact step :func:`save_state` wrote (see :func:`latest_step`),
-    shaped like the pytree ``like``; ``None`` when there is no step."""
+    shaped like the pytree ``like`` (arrays or shape structs); ``None`` when there is no step.
+
+    ``placement``: a sharding, or a tree of them like ``like``, to restore the arrays onto
+    directly (each process reading only its devices' shards: a multi-process run); without
+    it, host arrays."""
     import jax
     import orbax.checkpoint as ocp
 
@@ -284,8 +300,19 @@ def load_state(directory: str | os.PathLike, like: Any) -> tuple[Any, dict] | No
     if found is None:
         return None
     step, progress = found
-    arrays = ocp.StandardCheckpointer().restore((step / STATE_DIR).resolve())
     leaves, treedef = jax.tree.flatten(like)
+    path = (step / STATE_DIR).resolve()
+    ckptr = ocp.StandardCheckpointer()
+    if placement is None:
+        arrays = ckptr.restore(path)
+    else:
+        if isinstance(placement, jax.sharding.Sharding):
+            placement = jax.tree.map(lambda _: placement, like)
+        where = jax.tree.leaves(placement, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
+        arrays = ckptr.restore(path, {
+            f"leaf_{i:05d}": jax.ShapeDtypeStruct(np.shape(_saved_like(ref)),
+                                                  _saved_like(ref).dtype, sharding=w)
+            for i, (ref, w) in enumerate(zip(leaves, where, strict=True))})  # fmt: skip
     if len(arrays) != len(leaves):
         raise ValueError(
             f"checkpoint {step} has {len(arrays)} arrays but this run's state has "
@@ -293,7 +320,8 @@ def load_state(directory: str | os.PathLike, like: Any) -> tuple[Any, dict] | No
         )
     restored = []
     for i, ref in enumerate(leaves):
-        a = np.asarray(arrays[f"leaf_{i:05d}"])
+        a = arrays[f"leaf_{i:05d}"]
+        a = np.asarray(a) if placement is None else a
         if _is_key(ref):
             restored.append(jax.random.wrap_key_data(a, impl=jax.random.key_impl(ref)))
         else:
@@ -301,6 +329,13 @@ def load_state(directory: str | os.PathLike, like: Any) -> tuple[Any, dict] | No
                 raise ValueError(f"checkpoint {step} does not match this run's state")
             restored.append(a)
     return jax.tree.unflatten(treedef, restored), progress
+
+
+def _saved_like(ref):
+    """The shape and dtype a leaf is saved with (key data for PRNG keys)."""
+    import jax
+
+    return jax.eval_shape(jax.random.key_data, ref) if _is_key(ref) else ref
 
 
 @dataclasses.dataclass

@@ -5,6 +5,7 @@ got to the JSON file named by the first argument."""
 import json
 import os
 import sys
+from pathlib import Path
 
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -59,6 +60,12 @@ def main(out_path: str) -> None:
     run = prepare(RunArgs(model=model, data=data, **RUN, **cases()["scaffold"]))
     c_i = jax.tree.leaves(run.state.client_states)[0]
     got["scaffold_rows_held"] = sum(s.data.shape[0] for s in c_i.addressable_shards)
+    ck = os.path.join(os.path.dirname(out_path), "scaffold_resume")  # shared by both
+    kw = cases()["scaffold"]
+    fljax.simulate(model=model, data=data, **RUN, **kw, checkpoint_dir=ck)
+    got["scaffold_resumed"] = outcome(fljax.simulate(
+        model=model, data=data, **(RUN | {"rounds": 5}), **kw, checkpoint_dir=ck, resume=True))
+    got["shard_writers"] = sorted(p.name for p in Path(ck).glob("step_*/state/ocdbt.process_*"))
     with open(f"{out_path}.{jax.process_index()}", "w") as f:  # each process its own file
         json.dump(got, f)
 

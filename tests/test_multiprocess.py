@@ -69,7 +69,8 @@ def test_two_processes_match_one_process(tmp_path):
     state to 1e-6, in both processes, for FedAvg, SCAFFOLD, client-level DP and SecAgg.
     Process p holds clients [5p, 5p + 5) of 10 (half the federation's bytes, and half of
     SCAFFOLD's control variates), and the digest of the federation gathered from both
-    equals one process's. (One test: the 2-process run is shared by every check.)"""
+    equals one process's; SCAFFOLD saved by both processes (each its shards) and resumed
+    equals an uninterrupted run. (One test: the 2-process run is shared by every check.)"""
     sys.path.insert(0, str(HERE))
     import mp_worker
 
@@ -83,6 +84,13 @@ def test_two_processes_match_one_process(tmp_path):
             fljax.simulate(model=model, data=data, **mp_worker.RUN, **kw))))  # fmt: skip
         for i, one in enumerate(got):
             _close(one[case], want, f"process {i}: {case}")
+    resumed = json.loads(json.dumps(mp_worker.outcome(fljax.simulate(
+        model=model, data=data, **(mp_worker.RUN | {"rounds": 5}),
+        **mp_worker.cases()["scaffold"]))))  # fmt: skip
+    for i, one in enumerate(got):  # 3 rounds saved, 2 more after a resume: 5 uninterrupted
+        _close(one["scaffold_resumed"], resumed, f"process {i}: SCAFFOLD resumed")
+        # each process wrote its shards of the control variates (orbax, multi-process)
+        assert {"ocdbt.process_0", "ocdbt.process_1"} <= set(one["shard_writers"])
     total = sum(np.asarray(a).nbytes for split in (data.train, data.test) for a in split[:2])
     assert [p["hosted"] for p in got] == [[0, 5], [5, 10]]
     for p in got:

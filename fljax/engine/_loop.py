@@ -555,7 +555,12 @@ def _begin(run: Run, bar) -> int:
             f"{step_rounds(a.checkpoint_dir)[0]}); resume=True continues it, and a new run "
             "needs an empty folder (nothing saved is overwritten)"
         )
-    restored = load_state(a.checkpoint_dir, distributed.to_host(run.state)) if a.resume else None
+    placement = None
+    if run.mesh is not None:
+        placement = (run_sharding(run.mesh) if run.recorder.multi
+                     else state_placement(run.state, run.mesh, run.args.data.num_clients))
+    onto = placement if distributed.multiprocess() else None  # each process its shards
+    restored = load_state(a.checkpoint_dir, run.state, onto) if a.resume else None
     if restored is None:  # a fresh start (or nothing saved yet)
         run.choose_client_map(0)
         return _record_start(run)
@@ -565,12 +570,12 @@ def _begin(run: Run, bar) -> int:
     if start > a.rounds:
         raise ValueError(f"the checkpoint is at round {start}, past rounds={a.rounds}")
     _restore(run, progress)
-    placement = None
-    if run.mesh is not None:
-        placement = (run_sharding(run.mesh) if run.recorder.multi
-                     else state_placement(host_state, run.mesh, run.args.data.num_clients))
-    run.state = (distributed.put(host_state, placement) if placement is not None
-                 else jax.tree.map(jnp.asarray, host_state))  # fmt: skip
+    if onto is not None:  # restored onto the devices already
+        run.state = host_state
+    elif placement is not None:
+        run.state = distributed.put(host_state, placement)
+    else:
+        run.state = jax.tree.map(jnp.asarray, host_state)
     run.choose_client_map(start, progress.get("client_map"))
     if bar is not None:
         bar.resumed(start)
@@ -603,7 +608,7 @@ def _checkpoint(run: Run, round_idx: int) -> None:
         progress = {"round": round_idx, "runs": [log.progress(round_idx) for log in run.logs]}
     progress["client_map"] = run.client_map["strategy"]
     progress["fingerprint"] = run.identity
-    save_state(run.args.checkpoint_dir, distributed.to_host(run.state), progress)
+    save_state(run.args.checkpoint_dir, run.state, progress)  # each process its shards
 
 
 def _block(run: Run, start: int) -> int:
