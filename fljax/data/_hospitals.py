@@ -42,6 +42,16 @@ def _site_draws(rng, num_clients, min_total, mean_size, size_sigma, prevalence, 
     return sizes, p_site, rng.uniform(0, label_noise, num_clients)
 
 
+def _site_shifts(seed, num_clients, d, feature_shift) -> list:
+    """Every site's measurement transform ``(a, b)`` (``None`` without feature shift), from
+    a second stream of the seed."""
+    shift_rng = np.random.default_rng([seed, 1])
+    log_a = shift_rng.normal(0, feature_shift, (num_clients, d))
+    b = shift_rng.normal(0, feature_shift, (num_clients, d))
+    return [(np.exp(log_a[i]), b[i]) if feature_shift > 0 else None
+            for i in range(num_clients)]  # fmt: skip
+
+
 def _draw_sites(rng, sizes, w, covariate_shift, scale_shift, signal, p_site, flip, shifts,
                 test_fraction, keep: range | None = None):  # fmt: skip
     """Every site drawn in turn (:func:`_draw_site`) and split at random into train and test;
@@ -134,11 +144,7 @@ def synthetic_hospitals(
     min_total = math.ceil(min_examples / (1 - test_fraction))
     sizes, p_site, flip = _site_draws(rng, num_clients, min_total, mean_size, size_sigma,
                                       prevalence, prevalence_sd, label_noise)  # fmt: skip
-    shift_rng = np.random.default_rng([seed, 1])
-    log_a = shift_rng.normal(0, feature_shift, (num_clients, d))
-    b = shift_rng.normal(0, feature_shift, (num_clients, d))
-    shifts = [(np.exp(log_a[i]), b[i]) if feature_shift > 0 else None
-              for i in range(num_clients)]  # fmt: skip
+    shifts = _site_shifts(seed, num_clients, d, feature_shift)
     keep = hosted_rows(num_clients) if multiprocess() else None
     train_xs, train_ys, test_xs, test_ys = _draw_sites(
         rng, sizes, w, covariate_shift, scale_shift, signal, p_site, flip, shifts, test_fraction,
