@@ -7,8 +7,9 @@ import os
 import sys
 from pathlib import Path
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if __name__ == "__main__":  # only as a worker: importing it must not touch the test process
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -31,11 +32,15 @@ def cases():
         "client_dp": dict(algorithm=algo("fedavg"), privacy=P.get(
             "central_dp", noise_multiplier=0.8, clip_norm=0.5, max_cohort=6)),
         "secagg": dict(algorithm=algo("fedavg"), secure_aggregation=P.get("secagg")),
+        "seeds": dict(algorithm=algo("fedavg"), seeds=[1, 2]),
     }
 
 
 def outcome(result) -> dict:
-    """What must match a single-process run: every history entry and the final state."""
+    """What must match a single-process run: every history entry and the final state (of
+    every run of a ``seeds=`` program)."""
+    if isinstance(result, list):
+        return {"runs": [outcome(r) for r in result]}
     leaves = lambda tree: [np.asarray(x, np.float64).ravel().tolist()  # noqa: E731
                            for x in jax.tree.leaves(tree)]  # fmt: skip
     return {"history": [{k: e[k] for k in ("round", "metrics", "client_metrics")}

@@ -66,7 +66,8 @@ def _two_processes(tmp_path):
 
 def test_two_processes_match_one_process(tmp_path):
     """The same seed gives the single-process histories, final parameters and per-client
-    state to 1e-6, in both processes, for FedAvg, SCAFFOLD, client-level DP and SecAgg.
+    state to 1e-6, in both processes, for FedAvg, SCAFFOLD, client-level DP, SecAgg and
+    a ``seeds=`` program.
     Process p holds clients [5p, 5p + 5) of 10 (half the federation's bytes, and half of
     SCAFFOLD's control variates), and the digest of the federation gathered from both
     equals one process's; SCAFFOLD saved by both processes (each its shards) and resumed
