@@ -310,8 +310,7 @@ def load_state(directory: str | os.PathLike, like: Any,
             placement = jax.tree.map(lambda _: placement, like)
         where = jax.tree.leaves(placement, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
         arrays = ckptr.restore(path, {
-            f"leaf_{i:05d}": jax.ShapeDtypeStruct(np.shape(_saved_like(ref)),
-                                                  _saved_like(ref).dtype, sharding=w)
+            f"leaf_{i:05d}": _saved_like(ref, w)
             for i, (ref, w) in enumerate(zip(leaves, where, strict=True))})  # fmt: skip
     if len(arrays) != len(leaves):
         raise ValueError(
@@ -331,11 +330,12 @@ def load_state(directory: str | os.PathLike, like: Any,
     return jax.tree.unflatten(treedef, restored), progress
 
 
-def _saved_like(ref):
-    """The shape and dtype a leaf is saved with (key data for PRNG keys)."""
+def _saved_like(ref, sharding):
+    """The shape and dtype a leaf is saved with (key data for PRNG keys), on ``sharding``."""
     import jax
 
-    return jax.eval_shape(jax.random.key_data, ref) if _is_key(ref) else ref
+    saved = jax.eval_shape(jax.random.key_data, ref) if _is_key(ref) else ref
+    return jax.ShapeDtypeStruct(np.shape(saved), saved.dtype, sharding=sharding)
 
 
 @dataclasses.dataclass

@@ -199,13 +199,18 @@ def rows_per_device(num_clients: int, num_devices: int | None = None) -> int:
     return -(-int(num_clients) // d)
 
 
+def _rows_per_process(num_clients: int) -> int:
+    """Rows each process's block spans (its devices' blocks; the last ones padded)."""
+    return rows_per_device(num_clients) * jax.local_device_count()
+
+
 def hosted_rows(num_clients: int) -> range:
     """The clients (rows of the federation) this process holds in a multi-process run: the
     blocks of its devices when the clients are split evenly over all devices, process by
     process; ``range(num_clients)`` in a single process."""
     if not multiprocess():
         return range(num_clients)
-    per_process = rows_per_device(num_clients) * jax.local_device_count()
+    per_process = _rows_per_process(num_clients)
     start = jax.process_index() * per_process
     return range(min(start, num_clients), min(start + per_process, num_clients))
 
@@ -259,8 +264,7 @@ def allgather_rows(local: np.ndarray, num_rows: int) -> np.ndarray:
         return np.asarray(local)
     from jax.experimental import multihost_utils
 
-    per_process = rows_per_device(num_rows) * jax.local_device_count()
-    padded = np.zeros((per_process, *local.shape[1:]), local.dtype)
+    padded = np.zeros((_rows_per_process(num_rows), *local.shape[1:]), local.dtype)
     padded[: len(local)] = local
     gathered = np.asarray(multihost_utils.process_allgather(padded, tiled=True))
     return gathered[:num_rows]

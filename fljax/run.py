@@ -256,13 +256,11 @@ def _finished(cfg: DictConfig, data, res: SimulationResult, objective: str) -> d
 
 
 def _many_runs_summary(cfg, data, run_dir, runs, results, summary, objective, seeds, sweep):
-    """Each run's folder (summary, params) and the top summary: every setting's mean and std
+    """Each run's folder's summary and the top summary: every setting's mean and std
     over seeds, the best setting as the objective."""
     by_setting: dict[tuple, list] = {}
     for (x, v), res in zip(runs, results, strict=True):
         folder = _run_folder(run_dir, x, v)
-        if cfg.get("checkpoint", True):
-            save_params(folder, res.params)
         one = summary | _finished(cfg, data, res, objective) | {"seed": x, "sweep": v or None}
         if v:
             one["hparams"] = summary["hparams"] | v
@@ -428,18 +426,31 @@ def _follow(cfg: DictConfig, run_dir: Path) -> SimulationResult:
     if not int(distributed.broadcast(np.int32(0))):  # process 0's verdict on the folder
         raise RunRefusedError(f"process 0 refused the run folder {run_dir} (its error says why)")
     seeds, sweep, runs = _seeds_and_sweep(cfg)
-    resume = bool(cfg.get("resume", False))
-    state_dir = run_dir / RESUME_DIR if cfg.get("save_state", True) or resume else None
     c = _components(cfg)
     chunk = _client_chunk(cfg, c.algorithm, c.model, c.data)
-    result = _simulate(cfg, c, seeds, sweep, state_dir, [], chunk)
-    if cfg.get("checkpoint", True):  # orbax saves are collective: the same calls as process 0
-        if seeds is None:
-            save_params(run_dir, result.params)
-        else:
-            for (x, v), res in zip(runs, result, strict=True):
-                save_params(_run_folder(run_dir, x, v), res.params)
+    result = _simulate(cfg, c, seeds, sweep, _state_dir(cfg, run_dir), [], chunk)
+    _save_params(cfg, run_dir, result, seeds, runs)  # orbax saves are collective
     return result
+
+
+def _state_dir(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """Where the resume steps go: ``<run>/resume`` unless ``save_state=false`` (a resume
+    always reads and extends them)."""
+    keep = cfg.get("save_state", True) or cfg.get("resume", False)
+    return run_dir / RESUME_DIR if keep else None
+
+
+def _save_params(cfg: DictConfig, run_dir: Path, result, seeds, runs) -> None:
+    """The final parameters (``checkpoint=true``): the run's, or each run folder's of a
+    many-runs config. Every process of a multi-process run makes the same calls in the
+    same order (orbax's saves are collective)."""
+    if not cfg.get("checkpoint", True):
+        return
+    if seeds is None:
+        save_params(run_dir, result.params)
+        return
+    for (x, v), res in zip(runs, result, strict=True):
+        save_params(_run_folder(run_dir, x, v), res.params)
 
 
 class RunRefusedError(RuntimeError):
@@ -451,7 +462,7 @@ def _run_in(cfg: DictConfig, run_dir: Path, resume: bool) -> SimulationResult:
     A failure is recorded in ``summary.json``, except that of a resume that wrote nothing
     new (the run's files stay as they were)."""
     seeds, sweep, runs = _seeds_and_sweep(cfg)
-    state_dir = run_dir / RESUME_DIR if cfg.get("save_state", True) or resume else None
+    state_dir = _state_dir(cfg, run_dir)
     writer, loggers = _Writer(run_dir, runs, seeds, resume), []
     t0 = time.perf_counter()
     summary = {"status": "running", "seed": int(cfg.seed), "rounds": int(cfg.rounds)}
@@ -484,9 +495,8 @@ def _write_results(cfg, c: _Components, run_dir, result, summary, seeds, sweep, 
             f"objective={objective!r} is not a final metric; choose from "
             f"{list(results[0].history[-1]['metrics'])}"
         )
+    _save_params(cfg, run_dir, result, seeds, runs)
     if seeds is None:
-        if cfg.get("checkpoint", True):
-            save_params(run_dir, result.params)
         summary.update(_finished(cfg, c.data, result, objective))
     else:
         _many_runs_summary(cfg, c.data, run_dir, runs, results, summary, objective, seeds, sweep)
@@ -525,6 +535,9 @@ def join(cfg: DictConfig, run_dir: Path) -> Path:
         return run_dir
     encoded = np.zeros(4096, np.uint8)
     raw = str(run_dir.resolve()).encode()
+    if len(raw) > len(encoded):
+        raise ValueError(f"hydra.run.dir: the run folder's path is {len(raw)} bytes; a "
+                         f"multi-process run shares it up to {len(encoded)}")  # fmt: skip
     encoded[: len(raw)] = np.frombuffer(raw, np.uint8)
     shared = bytes(distributed.broadcast(encoded)).rstrip(b"\0").decode()
     return Path(shared)

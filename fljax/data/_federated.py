@@ -200,13 +200,18 @@ def drop_empty_clients(data: FederatedData) -> FederatedData:
     )  # fmt: skip
 
 
-def stack_clients(xs: Sequence[np.ndarray], ys: Sequence[np.ndarray], y_dtype) -> ClientData:
-    """Pads per-client arrays ``xs[i]: [n_i, ...]`` into ``x[C, max n_i, ...]`` (zero padding)."""
+def stack_clients(xs: Sequence[np.ndarray], ys: Sequence[np.ndarray], y_dtype,
+                  n_max: int | None = None, shapes: tuple | None = None) -> ClientData:  # fmt: skip
+    """Pads per-client arrays ``xs[i]: [n_i, ...]`` into ``x[C, max n_i, ...]`` (zero padding).
+
+    ``n_max`` (default ``max n_i``) and ``shapes = (feature shape, label shape)`` (default
+    the first client's) fix the padded layout when ``xs`` is only some of the federation's
+    clients (a process's hosted block, possibly empty)."""
     num = np.array([len(x) for x in xs], dtype=np.int32)
-    n_max = max(int(num.max()), 1)
-    feat = xs[0].shape[1:]
+    n_max = max(int(num.max()), 1) if n_max is None else n_max
+    feat, y_shape = (xs[0].shape[1:], np.asarray(ys[0]).shape[1:]) if shapes is None else shapes
     x = np.zeros((len(xs), n_max, *feat), dtype=np.float32)
-    y = np.zeros((len(xs), n_max, *np.asarray(ys[0]).shape[1:]), dtype=y_dtype)
+    y = np.zeros((len(xs), n_max, *y_shape), dtype=y_dtype)
     for i, (xi, yi) in enumerate(zip(xs, ys, strict=True)):
         x[i, : len(xi)] = xi
         y[i, : len(yi)] = yi
@@ -352,12 +357,9 @@ def _hosted_from_arrays(train_xs, train_ys, test_xs, test_ys, hosted, *, task, n
             if len(xi) != counts[i]:
                 raise ValueError(f"hosted: client {i} has {len(xi)} examples, counts say "
                                  f"{counts[i]}")  # fmt: skip
-        n_max = max(int(counts.max()), 1)
-        x = np.zeros((len(rows), n_max, *feat), np.float32)
-        y = np.zeros((len(rows), n_max, *y_shape), y_dtype)
-        for i, (xi, yi) in enumerate(zip(xs, ys, strict=True)):
-            x[i, : len(xi)], y[i, : len(yi)] = xi, yi
-        return ClientData(x, y, counts)
+        part = stack_clients([np.asarray(x, np.float32) for x in xs], ys, y_dtype,
+                             max(int(counts.max()), 1), (feat, y_shape))  # fmt: skip
+        return part._replace(num_examples=counts)  # every client's count
 
     kwargs["client_names"] = tuple(kwargs["client_names"])
     kwargs["info"] = dict(kwargs["info"] or {})
