@@ -243,3 +243,15 @@ def test_a_hosted_block_of_the_federation(monkeypatch):
     with pytest.raises(ValueError, match="hosted: client 3 has"):
         fljax.data.from_client_arrays(xs, ys, tx, ty, num_classes=2, hosted=(
             range(3, 7), whole.num_examples + 1, n_test, (3,), ()))  # fmt: skip
+
+
+def test_fljax_run_distributed_key_is_checked(tmp_path):
+    """``distributed`` is null or auto; anything else is refused naming the key; null without
+    ``FLJAX_*`` stays a single-process run in its own folder."""
+    from omegaconf import OmegaConf
+
+    from fljax.run import join
+
+    with pytest.raises(ValueError, match="distributed='yes' is not one of null, auto"):
+        join(OmegaConf.create({"distributed": "yes"}), tmp_path)
+    assert join(OmegaConf.create({"distributed": None}), tmp_path) == tmp_path
