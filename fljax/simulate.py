@@ -151,6 +151,7 @@ def simulate(
     aggregator: Any | None = None,
     attack: Any | None = None,
     reject_norm: float | None = None,
+    subsets: Sequence[Sequence[bool]] | None = None,
 ) -> SimulationResult | list[SimulationResult]:
     r"""Runs ``rounds`` rounds of ``algorithm`` on ``data`` and evaluates every ``eval_every``.
 
@@ -188,9 +189,11 @@ def simulate(
         aggregator, attack: a robust aggregator (``fljax.aggregate.get``) replacing the
             weighted mean; poisoning by malicious clients (``fljax.attacks.get``).
         reject_norm: non-finite updates are dropped and counted (``"rejected"``); so are these.
+        subsets: participation masks ``[C]`` (True = included), one counterfactual
+            federation per mask on the runs axis, crossed with ``seeds`` / ``sweep``.
 
     Returns:
-        A :class:`SimulationResult` (a list of them with ``seeds`` or ``sweep``).
+        A :class:`SimulationResult` (a list of them with ``seeds``, ``sweep`` or ``subsets``).
 
     Raises:
         ValueError: bad arguments or combinations (``fljax.engine.RULES``), before compiling.
@@ -200,4 +203,4 @@ def simulate(
     """
     args = RunArgs(**{k: v for k, v in locals().items()})
     results = execute(prepare(args))
-    return results if seeds is not None or sweep else results[0]
+    return results if seeds is not None or sweep or subsets is not None else results[0]

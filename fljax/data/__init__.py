@@ -11,6 +11,7 @@ from fljax.data._federated import FederatedData as FederatedData
 from fljax.data._federated import drop_empty_clients as drop_empty_clients
 from fljax.data._federated import from_client_arrays as from_client_arrays
 from fljax.data._federated import gather_clients as gather_clients
+from fljax.data._federated import select_clients as select_clients
 from fljax.data._federated import standardize_clients as standardize_clients
 from fljax.data._partition import PARTITIONS as PARTITIONS
 from fljax.data._partition import dirichlet as dirichlet

@@ -180,6 +180,19 @@ class FederatedData:
         )
 
 
+def select_clients(data: FederatedData, client_ids: Sequence[int]) -> FederatedData:
+    """The reduced federation of clients ``client_ids`` (distinct, in that order): their
+    train and test splits and names; what a run of ``simulate(subsets=[mask])`` trains on."""
+    data.whole("select_clients")
+    ids = [int(i) for i in client_ids]
+    if not ids or len(set(ids)) != len(ids) or not all(0 <= i < data.num_clients for i in ids):
+        raise ValueError(f"client_ids must be distinct clients in [0, {data.num_clients}), "
+                         f"at least one, got {list(client_ids)}")  # fmt: skip
+    take = lambda split: ClientData(*(np.asarray(a)[ids] for a in split))  # noqa: E731
+    return dataclasses.replace(data, train=take(data.train), test=take(data.test),
+                               client_names=tuple(data.client_names[i] for i in ids))  # fmt: skip
+
+
 def drop_empty_clients(data: FederatedData) -> FederatedData:
     """``data`` without its clients that have no training examples (they would be selected,
     counted as participants and in bytes, and dilute uniform weighting, while training
@@ -192,12 +205,8 @@ def drop_empty_clients(data: FederatedData) -> FederatedData:
     dropped = [n for n, m in zip(data.client_names, nonempty, strict=True) if not m]
     if not dropped:
         return data
-    take = lambda split: ClientData(*(np.asarray(a)[keep] for a in split))  # noqa: E731
-    return dataclasses.replace(
-        data, train=take(data.train), test=take(data.test),
-        client_names=tuple(data.client_names[i] for i in keep),
-        info=dict(data.info) | {"dropped_empty_clients": dropped},
-    )  # fmt: skip
+    kept = select_clients(data, keep)
+    return dataclasses.replace(kept, info=dict(data.info) | {"dropped_empty_clients": dropped})
 
 
 def stack_clients(xs: Sequence[np.ndarray], ys: Sequence[np.ndarray], y_dtype,

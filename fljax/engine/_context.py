@@ -102,6 +102,8 @@ class RoundCtx(NamedTuple):
         rejected: ``[K]`` bool, updates dropped by fault isolation (non-finite or too long).
         kept: ``[K]`` bool, the clients a selection-based robust aggregator kept.
         server_update: FLTrust's update on the server's root dataset.
+        subset: ``[C]`` bool, the sites of this run's federation (``simulate(subsets=)``);
+            ``None``: every site.
     """
 
     key: jax.Array
@@ -130,6 +132,13 @@ class RoundCtx(NamedTuple):
     rejected: Any = ()
     kept: Any = ()
     server_update: Any = None
+    subset: Any = None
+
+    def population(self, num_clients: int):
+        """The federation's size ``N``: ``num_clients``, or the sites of this run's subset."""
+        if self.subset is None:
+            return num_clients
+        return jax.numpy.sum(self.subset).astype(jax.numpy.float32)
 
     def metrics(self) -> RoundMetrics:
         ones = jax.numpy.ones(self.ids.shape, bool)
@@ -165,11 +174,13 @@ class Stage(NamedTuple):
 
 
 def compose(stages: Sequence[Stage]) -> Callable:
-    """The round ``(state, round_key, train) -> (state, RoundMetrics)`` running ``stages``."""
+    """The round ``(state, round_key, train, subset=None) -> (state, RoundMetrics)`` running
+    ``stages`` (``subset``: the run's ``[C]`` participation mask, see ``RoundCtx.subset``)."""
     stages = tuple(stages)
 
-    def round_fn(state: ServerState, key: jax.Array, train) -> tuple[ServerState, RoundMetrics]:
-        ctx = RoundCtx(key=key, train=train)
+    def round_fn(state: ServerState, key: jax.Array, train,
+                 subset=None) -> tuple[ServerState, RoundMetrics]:  # fmt: skip
+        ctx = RoundCtx(key=key, train=train, subset=subset)
         for stage in stages:
             state, ctx = stage.apply(state, ctx)
         return state, ctx.metrics()

@@ -29,6 +29,7 @@ class RunLog:
     seed: int
     num_clients: int
     sweep: dict = dataclasses.field(default_factory=dict)  # this run's swept values
+    subset: list | None = None  # this run's sites (simulate(subsets=)); None: every site
     history: list = dataclasses.field(default_factory=list)
     selected: list = dataclasses.field(default_factory=list)
     contributed: list = dataclasses.field(default_factory=list)
@@ -52,6 +53,7 @@ class RunLog:
             "round": round_idx,
             "seed": self.seed,
             "sweep": self.sweep,
+            "subset": self.subset,
             "history": self.history,
             "selected": [a.tolist() for a in self.selected],
             "contributed": [a.tolist() for a in self.contributed],
@@ -157,6 +159,8 @@ class Recorder:
             entry["seed"] = log.seed
         if log.sweep:
             entry["sweep"] = log.sweep
+        if log.subset is not None:
+            entry["subset"] = log.subset
         log.history.append(entry)
         for cb in self.callbacks:
             cb(entry)

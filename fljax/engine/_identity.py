@@ -94,6 +94,8 @@ def fingerprint(a, params0) -> dict[str, Any]:
         "aggregator": _component(a.aggregator),
         "attack": _component(a.attack),
         "reject_norm": None if a.reject_norm is None else float(a.reject_norm),
+        "subsets": None if a.subsets is None
+        else [np.flatnonzero(np.asarray(m)).tolist() for m in a.subsets],
     }
 
 

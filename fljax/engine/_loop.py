@@ -8,7 +8,7 @@ import dataclasses
 import functools
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +42,7 @@ from fljax.engine._identity import differences, fingerprint
 from fljax.engine._progress import Progress
 from fljax.engine._robust import RobustPlan, root_client, sample_root
 from fljax.engine._round import build_block, build_round, init_state, initial_state, train_spec
-from fljax.engine._runs import check_seeds, check_sweep
+from fljax.engine._runs import check_seeds, check_subsets, check_sweep
 from fljax.engine._state import ServerState
 from fljax.models import num_params
 
@@ -172,6 +172,20 @@ class RunArgs:
             the run; with ``reject_norm`` updates longer than it are dropped too.
             ``NonFiniteUpdateError`` remains for a non-finite aggregate and for a round in
             which every update sent was rejected (nothing to aggregate).
+        subsets: counterfactual federations on the runs axis: a list of participation masks
+            (``C`` booleans each, True = the site belongs to that run's federation), one run
+            per mask crossed with ``seeds`` and ``sweep`` (seed-major, then sweep, then
+            subset), all in one compiled program. An excluded site is never selected, never
+            trains and carries weight 0; the federation's size ``N`` in SCAFFOLD's and
+            FedDyn's server updates is the run's site count. With ``clients_per_round < C``
+            the fixed-size cohort is drawn uniformly among the included sites (the first
+            ``K`` of the same permutation, so an all-sites mask reproduces the plain run);
+            with ``clients_per_round == C`` every included site takes part in every round.
+            Each run equals a separate run on the reduced federation (up to float rounding
+            and, with minibatches, the per-site keys, which fold in the site's index).
+            History entries carry ``subset`` (the included sites). Synchronous mode only,
+            without a system model, client-level DP, secure aggregation or robust
+            aggregation (:data:`fljax.engine.RULES`); :mod:`fljax.valuation` builds on it.
     """
 
     algorithm: Any
@@ -202,12 +216,14 @@ class RunArgs:
     aggregator: Any | None = None
     attack: Any | None = None
     reject_norm: float | None = None
+    subsets: Sequence | None = None
 
 
 def _setup_of(a: RunArgs, clients_per_round: int) -> _rules.Setup:
     return _rules.Setup(
         a.algorithm, a.data, clients_per_round, a.stragglers, a.straggler_policy, a.compression,
         a.downlink, a.privacy, a.secure_aggregation, a.system, a.aggregator, a.attack,
+        a.subsets is not None,
     )  # fmt: skip
 
 
@@ -266,7 +282,7 @@ class Run:
 def _stacked_start(a, algorithm, round_fn, runs, params, given):
     """Every run's initial state and rounds key from its own seed, stacked on a run axis."""
     starts = []
-    for s_, _ in runs:
+    for s_, _, _ in runs:
         root = jax.random.key(s_)
         k_init, k_rounds = jax.random.split(root)
         p = params if given is not None else a.model.init(k_init, a.data.sample())
@@ -276,18 +292,28 @@ def _stacked_start(a, algorithm, round_fn, runs, params, given):
     return state, jnp.stack([k for _, k in starts])
 
 
-def _swept_block(a, setup, dp_plan, sweep_values, runs, build_args, spmd_axis_name=None,
-                 robust=None):  # fmt: skip
-    """The block ``vmap``ped over runs whose algorithm is rebuilt inside the trace from each
-    run's swept values (``fljax.algorithms.rebuild``), with the run's components wired in."""
-    hp = {k: jnp.asarray([v[i] for _, i in runs], jnp.float32) for k, v in sweep_values.items()}
+def _runs_block(a, setup, dp_plan, algorithm, axes, build_args, spmd_axis_name=None,
+                robust=None):  # fmt: skip
+    """The block ``vmap``ped over runs: each run's algorithm rebuilt inside the trace from its
+    swept values (``fljax.algorithms.rebuild``, with the run's components wired in) and each
+    run's participation mask handed to its rounds. ``axes``: :class:`RunAxes`."""
+    hp = {k: jnp.asarray([v[i] for _, i, _ in axes.runs], jnp.float32)
+          for k, v in axes.sweep.items()}  # fmt: skip
+    masks = None
+    if axes.masks is not None:
+        masks = jnp.asarray(np.stack([axes.masks[j] for _, _, j in axes.runs]))
+    subsets = masks is not None
 
-    def block_for(values, st, key, ids, tr):
-        algo = _setup.wire_components(rebuild(a.algorithm, **values), setup, dp_plan)
-        return build_block(build_round(algo, *build_args, robust=robust))(st, key, ids, tr)
+    def block_for(values, mask, st, key, ids, tr):
+        algo = algorithm
+        if values:
+            algo = _setup.wire_components(rebuild(a.algorithm, **values), setup, dp_plan)
+        round_fn = build_round(algo, *build_args, robust=robust, subsets=subsets)
+        return build_block(round_fn)(st, key, ids, tr, mask)
 
-    swept = jax.vmap(block_for, in_axes=(0, 0, 0, None, None), spmd_axis_name=spmd_axis_name)
-    return functools.partial(swept, hp)
+    swept = jax.vmap(block_for, in_axes=(0, None if masks is None else 0, 0, 0, None, None),
+                     spmd_axis_name=spmd_axis_name)  # fmt: skip
+    return functools.partial(swept, hp, masks)
 
 
 def _evaluators(a, algorithm, state, test, mesh) -> tuple[list, Callable, Any, float]:
@@ -329,12 +355,29 @@ def _first_hosted(data) -> int:
     return 0 if data.hosted is None else data.hosted[0]
 
 
-def _runs_of(a: RunArgs) -> tuple[list, dict]:
-    """``[(seed, sweep index)]`` of every run (seed-major) and the swept values."""
+class RunAxes(NamedTuple):
+    """The runs of one program: ``runs`` ``[(seed, sweep index, subset index)]`` (seed-major,
+    then sweep, then subset), the swept values and the participation masks ``[S, C]``."""
+
+    runs: list
+    sweep: dict
+    masks: np.ndarray | None
+
+    @property
+    def multi(self) -> bool:
+        """The program returns a list of runs (``seeds``, ``sweep`` or ``subsets`` given)."""
+        return len(self.runs) > 1 or bool(self.sweep) or self.masks is not None
+
+
+def _runs_of(a: RunArgs) -> RunAxes:
+    """Every run of the program (:class:`RunAxes`), after checking the run arguments."""
     sweep_values = check_sweep(a.sweep, a.algorithm)
+    masks = check_subsets(a.subsets, a.data.num_clients, a.clients_per_round)
     run_seeds = [int(a.seed)] if a.seeds is None else [int(s) for s in a.seeds]
     n_values = len(next(iter(sweep_values.values()))) if sweep_values else 1
-    return [(s_, i) for s_ in run_seeds for i in range(n_values)], sweep_values
+    n_masks = 1 if masks is None else len(masks)
+    runs = [(s_, i, j) for s_ in run_seeds for i in range(n_values) for j in range(n_masks)]
+    return RunAxes(runs, sweep_values, masks)
 
 
 def _checked_setup(a: RunArgs) -> tuple[_rules.Setup, int]:
@@ -390,10 +433,11 @@ def prepare(a: RunArgs) -> Run:
     devices (training data sharded along clients) and compiles evaluation."""
     t_start = time.perf_counter()
     setup, k = _checked_setup(a)
-    runs, sweep_values = _runs_of(a)
+    axes = _runs_of(a)
+    runs, sweep_values = axes.runs, axes.sweep
     asked, clean = a, a.data
     a, malicious = _poisoned(a)
-    multi, mode = a.seeds is not None or bool(sweep_values), a.algorithm.mode
+    multi, mode = a.seeds is not None or axes.multi, a.algorithm.mode
     algorithm, dp_plan = _wire_algorithm(a, setup)
     width = _setup.cohort_width(setup, dp_plan)
     root = jax.random.key(runs[0][0])
@@ -430,9 +474,9 @@ def prepare(a: RunArgs) -> Run:
 
     def block_for(strategy: str):
         """The jitted block of rounds with clients mapped by ``strategy``."""
-        if multi and sweep_values:
-            return jax.jit(_swept_block(a, setup, dp_plan, sweep_values, runs,
-                                        (*build_args, strategy), spmd, robust))  # fmt: skip
+        if multi and (sweep_values or axes.masks is not None):
+            return jax.jit(_runs_block(a, setup, dp_plan, algorithm, axes,
+                                       (*build_args, strategy), spmd, robust))  # fmt: skip
         block = build_block(build_round(algorithm, *build_args, strategy, robust=robust))
         if multi:
             return jax.jit(jax.vmap(block, in_axes=(0, 0, None, None), spmd_axis_name=spmd))
@@ -445,8 +489,9 @@ def prepare(a: RunArgs) -> Run:
                           width, dp_plan)
         + robust_records(a.aggregator, a.attack, malicious, clean, a.model, mode),
     )  # fmt: skip
-    logs = [RunLog(s_, a.data.num_clients, {kk: v[i] for kk, v in sweep_values.items()})
-            for s_, i in runs]  # fmt: skip
+    logs = [RunLog(s_, a.data.num_clients, {kk: v[i] for kk, v in sweep_values.items()},
+                   None if axes.masks is None else np.flatnonzero(axes.masks[j]).tolist())
+            for s_, i, j in runs]  # fmt: skip
     strategies = _auto.candidates(mode in SERIAL_MODES, mesh, a.client_chunk)
     return Run(a, algorithm, state, k_rounds, train, block_for, recorder, logs, width, params,
                mesh, strategies,
@@ -536,8 +581,8 @@ def _restore(run: Run, progress: dict) -> None:
     """Every run's log from a checkpoint, after checking it holds the same runs."""
     saved = progress["runs"] if run.recorder.multi else [progress]
     if run.recorder.multi:
-        want = [(log.seed, log.sweep) for log in run.logs]
-        got = [(p.get("seed"), p.get("sweep", {})) for p in saved]
+        want = [(log.seed, log.sweep, log.subset) for log in run.logs]
+        got = [(p.get("seed"), p.get("sweep", {}), p.get("subset")) for p in saved]
         if got != want:
             raise ValueError(f"the checkpoint holds runs {got}, this call asks for {want}")
     for log, p in zip(run.logs, saved, strict=True):

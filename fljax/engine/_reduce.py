@@ -40,7 +40,7 @@ def dense_reduce(aggregator: Transform, num_clients: int) -> Stage:
             key=ctx.keys.aggregate,
             weights=ctx.weights,
             num_steps=ctx.out.num_steps,
-            num_clients=num_clients,
+            num_clients=ctx.population(num_clients),
             client_ids=ctx.ids,
             active=ctx.valid if ctx.padded else None,
             **extra,

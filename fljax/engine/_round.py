@@ -146,11 +146,14 @@ class RoundSpec(NamedTuple):
     wire_bytes: tuple
     secure: bool = False  # the aggregator is a secure sum
     robust: _robust.RobustPlan = _robust.RobustPlan()  # attack, fault isolation, FLTrust root
+    subsets: bool = False  # each run's sites come in as a participation mask (RoundCtx.subset)
 
 
 def _selection(r: RoundSpec) -> list[Stage]:
     num_clients = r.spec.num_examples.shape[0]
     system, dp = r.system, r.dp_plan
+    if r.subsets:  # the rules leave uniform selection only
+        return [_select.subset_selection(num_clients, r.k)]
     available = None if system is None else _select.availability_fn(system, num_clients)
     if dp is not None and dp.poisson_clients:
         return [_select.poisson_selection(num_clients, dp.rate, dp.cohort, available)]
@@ -193,7 +196,7 @@ def synchronous(r: RoundSpec) -> list[Stage]:
               _train.gather_data(), _clock.work_budget(r.plan, steps, r.stragglers)]  # fmt: skip
     if system is not None:
         stages.append(_clock.deadline(system, r.plan, r.wire_bytes))
-    elif r.dp_plan is not None and r.dp_plan.poisson_clients:
+    elif r.subsets or (r.dp_plan is not None and r.dp_plan.poisson_clients):
         stages.append(_clock.drop_unreachable())
     stages += [_train.gather_clients_inputs(r.cmap),
                _reduce.aggregation_weights(algorithm.weighting), *_training(r),
@@ -280,6 +283,7 @@ def build_round(
     secure: bool = False,
     client_map: str = "vmap",
     robust: _robust.RobustPlan | None = None,
+    subsets: bool = False,
 ):
     """The pure round ``(state, round_key, train) -> (state, RoundMetrics)`` of ``algorithm``
     as the composition of its mode's stages (``round_fn.stages`` lists them).
@@ -290,26 +294,28 @@ def build_round(
     aggregator is a secure sum (asynchronous training then reduces densely). ``client_map``:
     the :class:`ClientMap` strategy (``"vmap"``, ``"device_vmap"``, ``"sequential"``).
     ``robust``: the malicious clients' crafted updates, the fault-isolation norm cap and
-    FLTrust's root dataset (:class:`fljax.engine._robust.RobustPlan`).
+    FLTrust's root dataset (:class:`fljax.engine._robust.RobustPlan`). ``subsets``: the
+    round takes each run's participation mask (``round_fn(..., subset)``; synchronous mode).
     """
     spec = train_spec(data, algorithm)
     plan, client_update = client_update_for(algorithm, model, data, spec, dp_plan)
     r = RoundSpec(algorithm, model, data, spec, plan, client_update, clients_per_round,
                   ClientMap(client_chunk, mesh, client_map), stragglers, downlink, dp_plan, system,
-                  wire_bytes, secure, robust or _robust.RobustPlan())  # fmt: skip
+                  wire_bytes, secure, robust or _robust.RobustPlan(), subsets)  # fmt: skip
     return compose(MODES[algorithm.mode](r))
 
 
 def build_block(round_fn):
-    """``run_block(state, rounds_key, round_ids[L], train)``: ``L`` rounds under ``lax.scan``.
+    """``run_block(state, rounds_key, round_ids[L], train, subset=None)``: ``L`` rounds under
+    ``lax.scan`` (``subset``: the run's participation mask, :class:`RoundCtx`).
 
     Round ``r`` uses ``fold_in(rounds_key, r)``, so results do not depend on how rounds are
     grouped into blocks.
     """
 
-    def run_block(state, rounds_key, round_ids, train):
+    def run_block(state, rounds_key, round_ids, train, subset=None):
         def body(s, r):
-            return round_fn(s, jax.random.fold_in(rounds_key, r), train)
+            return round_fn(s, jax.random.fold_in(rounds_key, r), train, subset)
 
         return jax.lax.scan(body, state, round_ids)
 

@@ -41,6 +41,7 @@ class Setup(NamedTuple):
     system: Any
     aggregator: Any = None  # a fljax.aggregate.Aggregator replacing the weighted mean
     attack: Any = None  # a fljax.attacks.Attack
+    subsets: bool = False  # simulate(subsets=...): each run its own sites
 
     @property
     def mode(self) -> str:
@@ -219,6 +220,28 @@ RULES: tuple[Rule, ...] = (
          lambda s: s.data.task == "classification",
          lambda s: f"attack={s.attack.name!r} poisons labels (flips them or sets a backdoor "
                    f"target) and needs task='classification', not {s.data.task!r}"),
+    # --- counterfactual federations (site subsets on the runs axis)
+    Rule("subsets", lambda s: s.subsets, lambda s: s.mode == "federated",
+         lambda s: f"subsets need synchronous rounds (mode 'federated') whose cohort is drawn "
+                   f"among each run's sites, not {_name(s)!r} in mode {s.mode!r}"),
+    Rule("subsets", lambda s: s.subsets, lambda s: s.system is None,
+         lambda s: "subsets select uniformly among each run's sites; a system model's "
+                   "availability and selection rules do not know the run's sites: leave "
+                   "system unset"),
+    Rule("subsets", lambda s: s.subsets, lambda s: s.level != "client",
+         lambda s: "subsets with client-level DP: the accountant's sampling rate and the "
+                   "noise calibration follow the whole federation's size, not each reduced "
+                   "federation's, so the epsilon reported would be wrong for a subset. Run "
+                   "each subset separately (local DP and record-level DP-SGD compose)"),
+    Rule("subsets", lambda s: s.subsets, lambda s: s.secagg is None,
+         lambda s: "subsets with secure aggregation: the simulated protocol's cohort and "
+                   "dropout recovery are those of the whole federation; run subsets without "
+                   "secure_aggregation (it does not change the aggregate)"),
+    Rule("subsets", lambda s: s.subsets,
+         lambda s: s.aggregator is None and s.attack is None,
+         lambda s: "subsets with a robust aggregator or an attack: those rules see every "
+                   "cohort slot, including the excluded sites' empty ones; value sites "
+                   "without them"),
     # --- system heterogeneity and asynchrony
     Rule("mode='async'", lambda s: s.mode == "async", lambda s: s.system is not None,
          lambda s: f"{_name(s)!r} is asynchronous: give system= (fljax.system.system("

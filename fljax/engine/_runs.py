@@ -68,3 +68,39 @@ def check_sweep(sweep, algorithm) -> dict:
             f"({type(e).__name__})"
         ) from None
     return values
+
+
+def check_subsets(subsets, num_clients: int, clients_per_round: int) -> np.ndarray | None:
+    """Validates ``simulate(subsets=...)``: a non-empty list of participation masks, each
+    ``num_clients`` booleans (or 0/1) including at least one site, and at least
+    ``clients_per_round`` sites unless ``clients_per_round == num_clients`` (then every
+    included site takes part in every round). Returns the masks ``[S, C]`` (``None``
+    without subsets)."""
+    if subsets is None:
+        return None
+    if isinstance(subsets, str | bytes) or not hasattr(subsets, "__len__") or not len(subsets):
+        raise ValueError(f"subsets must be a non-empty list of participation masks, got "
+                         f"{subsets!r}")  # fmt: skip
+    masks = []
+    for i, m in enumerate(subsets):
+        arr = np.asarray(m)
+        binary = arr.dtype == bool or (np.issubdtype(arr.dtype, np.integer)
+                                       and np.isin(arr, (0, 1)).all())  # fmt: skip
+        if arr.shape != (num_clients,) or not binary:
+            raise ValueError(
+                f"subsets[{i}] must be {num_clients} booleans (one per site, True = included), "
+                f"got shape {arr.shape} dtype {arr.dtype}"
+            )
+        arr = arr.astype(bool)
+        if not arr.any():
+            raise ValueError(f"subsets[{i}] excludes every site: a federation needs at least "
+                             "one site (the empty coalition's utility is the initial model's)")
+        if clients_per_round < num_clients and arr.sum() < clients_per_round:
+            raise ValueError(
+                f"subsets[{i}] includes {int(arr.sum())} sites, fewer than clients_per_round="
+                f"{clients_per_round}: the fixed-size cohort is drawn among the included "
+                f"sites (clients_per_round={num_clients}, every site, lets every included "
+                "site take part in every round)"
+            )
+        masks.append(arr)
+    return np.stack(masks)

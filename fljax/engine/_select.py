@@ -65,6 +65,23 @@ def uniform_selection(num_clients: int, k: int) -> Stage:
     return Stage("select_uniform", apply)
 
 
+def subset_selection(num_clients: int, k: int) -> Stage:
+    """``K`` clients uniformly without replacement among the run's included sites
+    (``ctx.subset``): the first ``K`` included sites of the permutation that
+    :func:`select_uniform` takes its first ``K`` from, so an all-sites mask selects exactly
+    what :func:`uniform_selection` does. With ``K = C`` every site is in the cohort and the
+    excluded ones are invalid (they never train, send or count)."""
+
+    def apply(state, ctx: RoundCtx):
+        perm = select_uniform(ctx.keys.select, num_clients, num_clients)
+        rank = jnp.arange(num_clients)
+        order = jnp.argsort(jnp.where(ctx.subset[perm], rank, num_clients + rank))
+        ids = perm[order[:k]]
+        return state, ctx._replace(ids=ids, valid=ctx.subset[ids], padded=True)
+
+    return Stage("select_subset", apply)
+
+
 def poisson_selection(num_clients: int, rate: float, cap: int, availability=None) -> Stage:
     """Poisson sampling at ``rate`` into a padded cohort of width ``cap``; with an
     ``availability`` function, the sampled clients that are unreachable drop out."""

@@ -38,7 +38,8 @@ def algorithm_finalize(server_finalize, num_clients: int) -> Stage:
     def apply(state, ctx: RoundCtx):
         c = ctx.contributed.astype(jnp.float32)
         algorithm_state = server_finalize(
-            state.algorithm_state, weighted_tree_mean(ctx.out.upload, c), num_clients, jnp.sum(c)
+            state.algorithm_state, weighted_tree_mean(ctx.out.upload, c),
+            ctx.population(num_clients), jnp.sum(c),
         )
         return state._replace(algorithm_state=algorithm_state), ctx
 
