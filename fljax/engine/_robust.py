@@ -41,14 +41,17 @@ def _unflatten_like(x: jax.Array, unravel, like):
 def poison_updates(craft, malicious: np.ndarray) -> Stage:
     """The malicious contributors' updates replaced by ``craft(x[K, d], malicious[K],
     benign[K], key)`` (:mod:`fljax.attacks`), from the cohort's honest updates; the key is
-    ``fold_in(aggregation key, ATTACK_FOLD)``."""
+    ``fold_in(aggregation key, ATTACK_FOLD)``. A ``craft`` with ``uses_ids = True`` also gets
+    the cohort's client ids (``ids=``: per-client crafted updates, e.g. audit canaries)."""
     bad = jnp.asarray(malicious, bool)
+    by_id = getattr(craft, "uses_ids", False)
 
     def apply(state, ctx: RoundCtx):
         mal = bad[ctx.ids] & ctx.contributed
         benign = ctx.contributed & ~mal
         x, unravel = flatten(ctx.out.delta)
-        crafted = craft(x, mal, benign, jax.random.fold_in(ctx.keys.aggregate, ATTACK_FOLD))
+        key = jax.random.fold_in(ctx.keys.aggregate, ATTACK_FOLD)
+        crafted = craft(x, mal, benign, key, ids=ctx.ids) if by_id else craft(x, mal, benign, key)
         x = jnp.where(mal[:, None], crafted, x)
         delta = _unflatten_like(x, unravel, ctx.out.delta)
         return state, ctx._replace(out=ctx.out._replace(delta=delta))

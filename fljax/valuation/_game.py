@@ -139,13 +139,10 @@ class Game:
 
     def _initial_utilities(self) -> np.ndarray:
         """``v(empty)``: each seed's initial global model (as :func:`fljax.simulate` draws it)."""
-        given = self.options.get("params")
-        models = []
-        for s in self.seeds:
-            k_init = jax.random.split(jax.random.key(s))[0]
-            models.append(given if given is not None else self.model.init(k_init,
-                                                                          self.data.sample()))
-        return self.score(jax.tree.map(lambda *p: jnp.stack(p), *models))
+        from fljax.valuation._gtg import initial_models
+
+        return self.score(initial_models(self.model, self.data, self.seeds,
+                                         self.options.get("params")))  # fmt: skip
 
     def _train(self, coalitions: list) -> None:
         from fljax.simulate import simulate
@@ -154,7 +151,8 @@ class Game:
                            clients_per_round=self.clients_per_round, seeds=self.seeds,
                            eval_every=self.rounds, subsets=np.asarray(coalitions, bool),
                            **self.options)  # fmt: skip
-        params = jax.tree.map(lambda *p: jnp.stack(p), *[r.params for r in results])
+        params = jax.tree.map(lambda *p: np.stack([np.asarray(a) for a in p]),
+                              *[r.params for r in results])  # fmt: skip
         values = self.score(params).reshape(len(self.seeds), len(coalitions))
         for j, k in enumerate(coalitions):
             self.cache[k] = values[:, j]

@@ -28,24 +28,25 @@ from fljax.valuation._shapley import Valuation
 RECONSTRUCTIBLE = ("fedavg", "fedprox")  # server SGD on the weighted mean, no client state
 
 
-def _trajectories(g: Game, rounds: int, starts):
-    """Every seed's training run of the grand coalition, recorded round by round as ONE
-    program (rounds under ``lax.scan``, seeds under ``vmap``): each round's one-site models
-    ``[S, T, n, ...]`` (the round from ``w_t`` with only site ``i``, same keys) and the round's
-    model ``[S, T, ...]``. The runs are those of ``fljax.simulate(seed=s)``: the same round
-    function, initial state and round keys ``fold_in(rounds_key, t)``."""
+def record_rounds(algorithm, model, data, seeds, rounds: int, starts, options=None):
+    """Every seed's training run of the grand coalition (full participation), recorded round
+    by round as ONE program (rounds under ``lax.scan``, seeds under ``vmap``): each round's
+    one-site models ``[S, T, n, ...]`` (the round from ``w_t`` with only site ``i``, same
+    keys) and the round's model ``[S, T, ...]``. The runs are those of
+    ``fljax.simulate(seed=s)``: the same round function, initial state (``starts[S, ...]``)
+    and round keys ``fold_in(rounds_key, t)``."""
     from fljax.engine import RunArgs, build_round, initial_state, validate
     from fljax.engine._round import train_spec
 
-    n = g.num_sites
-    validate(RunArgs(g.algorithm, g.model, g.data, rounds, n, seeds=g.seeds,
-                     subsets=np.ones((1, n), bool), **g.options))  # fmt: skip
-    round_fn = build_round(g.algorithm, g.model, g.data, n, subsets=True)
-    train = ClientData(*(jnp.asarray(a) for a in train_spec(g.data, g.algorithm)))
+    n = data.num_clients
+    validate(RunArgs(algorithm, model, data, rounds, n, seeds=list(seeds),
+                     subsets=np.ones((1, n), bool), **(options or {})))  # fmt: skip
+    round_fn = build_round(algorithm, model, data, n, subsets=True)
+    train = ClientData(*(jnp.asarray(a) for a in train_spec(data, algorithm)))
     alone, every = jnp.eye(n, dtype=bool), jnp.ones(n, bool)
 
     def run(params, seed_key):
-        state = initial_state(round_fn, g.algorithm, params, n, seed_key)
+        state = initial_state(round_fn, algorithm, params, n, seed_key)
         k_rounds = jax.random.split(seed_key)[1]
 
         def body(st, t):
@@ -56,7 +57,7 @@ def _trajectories(g: Game, rounds: int, starts):
 
         return jax.lax.scan(body, state, jnp.arange(rounds, dtype=jnp.int32))[1]
 
-    keys = jnp.stack([jax.random.key(s) for s in g.seeds])
+    keys = jnp.stack([jax.random.key(s) for s in seeds])
     return jax.jit(jax.vmap(run))(starts, keys)
 
 
@@ -162,7 +163,8 @@ def gtg_shapley(
     weights = (np.asarray(data.num_examples, np.float64)
                if algorithm.weighting == "num_examples" else np.ones(n))  # fmt: skip
     init = g._initial_utilities()
-    singles, models = _trajectories(g, rounds, _initial_models(g))
+    starts = initial_models(model, data, g.seeds, g.options.get("params"))
+    singles, models = record_rounds(algorithm, model, data, g.seeds, rounds, starts, g.options)
     walk = (within, rng, max_permutations, convergence)
     at = lambda tree, i: jax.tree.map(lambda p: p[i], tree)  # noqa: E731
     runs = [_seed_values(g, at(singles, i), at(models, i), float(init[i]), weights, between,
@@ -176,7 +178,7 @@ def gtg_shapley(
 
 
 def _seed_values(g: Game, singles, models, u_t: float, weights, between, walk):
-    """One training seed's run (:func:`_trajectories` ``[T, ...]``): ``(values [n], final
+    """One training seed's run (:func:`record_rounds` ``[T, ...]``): ``(values [n], final
     utility, skipped rounds, permutations, largest |reconstructed grand-coalition model -
     trained round model|)``."""
     values, skipped, perms, gap = np.zeros(g.num_sites), 0, 0, 0.0
@@ -197,9 +199,10 @@ def _seed_values(g: Game, singles, models, u_t: float, weights, between, walk):
     return values, u_t, skipped, perms, gap
 
 
-def _initial_models(g: Game):
-    given = g.options.get("params")
+def initial_models(model, data, seeds, given=None):
+    """Each seed's initial global model stacked ``[S, ...]``, as :func:`fljax.simulate`
+    draws it (``given``: one warm start for every seed)."""
     models = [given if given is not None else
-              g.model.init(jax.random.split(jax.random.key(s))[0], g.data.sample())
-              for s in g.seeds]  # fmt: skip
+              model.init(jax.random.split(jax.random.key(s))[0], data.sample())
+              for s in seeds]  # fmt: skip
     return jax.tree.map(lambda *p: jnp.stack(p), *models)
