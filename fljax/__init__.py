@@ -11,6 +11,8 @@ from fljax import models as models
 from fljax import personalize as personalize
 from fljax import privacy as privacy
 from fljax import system as system
+from fljax import unlearning as unlearning
+from fljax import valuation as valuation
 from fljax._base import EmptyState as EmptyState
 from fljax._base import Linear as Linear
 from fljax._base import Transform as Transform
@@ -54,4 +56,6 @@ __all__ = [
     "simulate",
     "stateless",
     "system",
+    "unlearning",
+    "valuation",
 ]

@@ -79,7 +79,7 @@ def _is_colorbar(ax) -> bool:
 
 
 def _series(ax) -> list[tuple[str, tuple]]:
-    """``(label, look)`` of each labelled line and bar group of ``ax``."""
+    """``(label, look)`` of each labelled line, bar group and error-bar series of ``ax``."""
     from matplotlib.colors import to_rgba
 
     out = []
@@ -90,9 +90,15 @@ def _series(ax) -> list[tuple[str, tuple]]:
             out.append((label, look))
     for container in ax.containers:
         label = container.get_label()
-        if label and not label.startswith("_") and container.patches:
-            patch = container.patches[0]
-            out.append((label, (to_rgba(patch.get_facecolor()), patch.get_hatch())))
+        if not label or label.startswith("_"):
+            continue
+        patches = getattr(container, "patches", None)
+        if patches:  # bars
+            out.append((label, (to_rgba(patches[0].get_facecolor()), patches[0].get_hatch())))
+        elif getattr(container, "lines", None) and container.lines[0] is not None:  # errorbar
+            line = container.lines[0]
+            out.append((label, (to_rgba(line.get_color()), line.get_marker(),
+                                line.get_linestyle())))  # fmt: skip
     return out
 
 

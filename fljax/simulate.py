@@ -177,23 +177,20 @@ def simulate(
         system: a :class:`fljax.system.SystemModel`: availability, selection rules, a
             simulated clock and deadlines; history entries carry ``sim_time_s``.
         checkpoint_dir, resume: save the state at every evaluation; continue from it.
-        devices: devices for the client axis (default: all local devices).
+        devices: devices for the client axis (default: all local devices); ``progress``: a bar.
         callbacks: called with each history entry as soon as it exists.
-        progress: a tqdm progress bar.
         seeds: one run per seed as ONE compiled program (a list of results).
         sweep: ``{"client_lr": [...]}``: float hyperparameters varied inside the program.
         client_chunk: train the cohort this many clients at a time (bounded memory).
-        client_map: ``"vmap"``, ``"device_vmap"``, ``"sequential"`` or ``"auto"`` (the
-            fastest, timed on the run's first round): how clients are mapped (the same result
-            up to float rounding; speed differs by model and device).
+        client_map: ``"vmap"``, ``"device_vmap"``, ``"sequential"`` or ``"auto"`` (the fastest,
+            timed on the first round): how clients are mapped (same result up to rounding).
         aggregator, attack: a robust aggregator (``fljax.aggregate.get``) replacing the
             weighted mean; poisoning by malicious clients (``fljax.attacks.get``).
         reject_norm: non-finite updates are dropped and counted (``"rejected"``); so are these.
-        subsets: participation masks ``[C]`` (True = included), one counterfactual
-            federation per mask on the runs axis, crossed with ``seeds`` / ``sweep``.
+        subsets: ``[C]`` masks, one counterfactual federation each (crossed with seeds).
 
     Returns:
-        A :class:`SimulationResult` (a list of them with ``seeds``, ``sweep`` or ``subsets``).
+        A :class:`SimulationResult` (a list with ``seeds``, ``sweep`` or ``subsets``).
 
     Raises:
         ValueError: bad arguments or combinations (``fljax.engine.RULES``), before compiling.

@@ -92,3 +92,10 @@ def test_multiprocess_reports_each_process_count():
     assert [p["hosted"] for p in two] == [[0, 20], [20, 40]]
     assert fig["hospitals_2p_over_1p"]["federation_bytes"] == pytest.approx(0.5, rel=0.05)
     assert all(p["s_per_round"] > 0 for p in two)
+
+
+def test_valuation_benchmark_reports_the_per_federation_ratio(shared_data):
+    fig = _bench("benchmarks/valuation.py", "--seeds", "1", "--rounds", "1", "--sample", "2",
+                 "--data-dir", str(shared_data / "heart_disease"))  # fmt: skip
+    assert fig["federations"] == 15 and fig["programs"] == 1 and fig["one_by_one_timed"] == 2
+    assert fig["per_federation_ratio"] > 0 and len(fig["shapley_mean"]) == 4

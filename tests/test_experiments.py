@@ -158,3 +158,28 @@ def test_robustness_matrix_smoke(tmp_path):
     assert all(0 <= v <= 1 for row in figures["mean"] for v in row)
     assert (tmp_path / "robustness.md").read_text().count("| krum |") == 1
     assert (tmp_path / "robustness.png").exists()
+
+
+def test_valuation_smoke(tmp_path, shared_data):
+    figures = _run_script(
+        ["experiments/valuation.py", "--seeds", "2", "--rounds", "1", "--planted-sites", "4",
+         "--data-dir", str(shared_data / "heart_disease")],
+        tmp_path,
+    )  # fmt: skip
+    assert len(figures["heart_shapley"]) == 4
+    assert set(figures["heart_vs_exact"]) == {"leave_one_out", "tmc_shapley", "gtg_shapley"}
+    assert len(figures["planted_ranking"]) == 4
+    assert (tmp_path / "valuation.md").read_text().count("| site | shapley |") == 2
+    assert (tmp_path / "valuation.png").exists()
+
+
+def test_privacy_audit_smoke(tmp_path, shared_data):
+    figures = _run_script(
+        ["experiments/privacy_audit.py", "--clients", "12", "--per-round", "4", "--rounds",
+         "2", "--canaries", "4", "--noise", "0", "2", "--federations", "8", "--lira-rounds",
+         "1", "--lira-targets", "1", "--data-dir", str(shared_data / "heart_disease")],
+        tmp_path,
+    )  # fmt: skip
+    assert figures["z"] == [0.0, 2.0] and figures["accounted"][0] == math.inf
+    assert len(figures["lira_auc"]) == 2
+    assert (tmp_path / "privacy_audit.png").exists()

@@ -138,6 +138,15 @@ def test_experiment_figures():
     rows = [dict(epsilon=e, accuracy=0.8, auroc=0.85, update_mia_auc=0.6, loss_mia_auc=0.55)
             for e in (float("inf"), 8.0, 2.0, 0.5)]  # fmt: skip
     _check(dp.figure(rows, rows))
+    val = _experiment("valuation")
+    from fljax.valuation import Valuation
+
+    one = Valuation("shapley", ("a", "b", "c"), [0, 1], np.ones((2, 3)), np.ones(2), np.zeros(2))
+    _check(val.figure({"heart": {"shapley": one, "gtg_shapley": one}, "planted": {"shapley": one}}))
+    audit = _experiment("privacy_audit")
+    shots = [dict(noise_multiplier=z, accounted=a, epsilon=e, interval=[e / 2, e * 2])
+             for z, a, e in ((0.0, float("inf"), 20.0), (1.0, 10.0, 5.0), (2.0, 3.0, 2.0))]
+    _check(audit.figure(shots))
 
 
 def test_sites_figure_with_a_metric_undefined_everywhere():

@@ -233,3 +233,34 @@ def test_game_and_holdout_refuse_bad_input():
         V.game(_algo(), MODEL, fed, validation=val, rounds=1, subsets=[[1, 1, 1, 1]])
     with pytest.raises(ValueError, match="at most 12"):
         V.shapley(_Game(13, lambda s, seed: 0.0))
+
+
+def test_a_subsets_program_resumes_to_the_uninterrupted_result(tmp_path):
+    fed, algo = _fed(), _algo()
+    kw = dict(clients_per_round=4, seeds=[0, 1], subsets=MASKS[:2], eval_every=1)
+    whole = fljax.simulate(algo, MODEL, fed, rounds=3, **kw)
+    fljax.simulate(algo, MODEL, fed, rounds=2, checkpoint_dir=str(tmp_path), **kw)
+    resumed = fljax.simulate(algo, MODEL, fed, rounds=3, checkpoint_dir=str(tmp_path),
+                             resume=True, **kw)  # fmt: skip
+    for a, b in zip(whole, resumed, strict=True):
+        assert _max_gap(a.params, b.params) == 0.0
+        assert a.history[-1]["subset"] == b.history[-1]["subset"]
+    with pytest.raises(ValueError, match="subsets"):  # other subsets: another simulation
+        fljax.simulate(algo, MODEL, fed, rounds=3, checkpoint_dir=str(tmp_path), resume=True,
+                       **{**kw, "subsets": MASKS[2:]})  # fmt: skip
+
+
+def test_subsets_cross_with_a_sweep_in_seed_sweep_subset_order():
+    fed, algo = _fed(), _algo()
+    runs = fljax.simulate(algo, MODEL, fed, rounds=2, clients_per_round=4, seeds=[1],
+                          sweep={"client_lr": [0.1, 0.3]}, subsets=MASKS[1:3])  # fmt: skip
+    assert [(r.history[-1]["sweep"]["client_lr"], r.history[-1]["subset"]) for r in runs] == [
+        (0.1, [0, 2, 3]), (0.1, [2]), (0.3, [0, 2, 3]), (0.3, [2])]
+    for r in runs:
+        lr, ids = r.history[-1]["sweep"]["client_lr"], r.history[-1]["subset"]
+        ref = fljax.simulate(fljax.algorithms.rebuild(algo, client_lr=lr), MODEL,
+                             select_clients(fed, ids), rounds=2, clients_per_round=len(ids),
+                             seed=1)  # fmt: skip
+        assert _max_gap(r.params, ref.params) < 1e-5
+    with pytest.raises(ValueError, match="distinct clients"):
+        select_clients(fed, [1, 1])

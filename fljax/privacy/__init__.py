@@ -2,6 +2,7 @@
 ``dp-accounting``, secure aggregation (SecAgg / SecAgg+, simulated), and leakage attacks
 (membership inference, gradient inversion)."""
 
+from fljax.privacy import audit as audit  # noqa: E402  (after the mechanisms it audits)
 from fljax.privacy._accounting import ACCOUNTANTS as ACCOUNTANTS
 from fljax.privacy._accounting import calibrate_noise_multiplier as calibrate_noise_multiplier
 from fljax.privacy._accounting import dp_event as dp_event

@@ -23,11 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fljax import metrics as M
 from fljax.algorithms import Algorithm, rebuild
-from fljax.client import example_loss_fn
 from fljax.data import ClientData, FederatedData
 from fljax.models import Model
+from fljax.privacy import loss_threshold_mia
 from fljax.valuation._gtg import RECONSTRUCTIBLE, initial_models, record_rounds
 
 
@@ -70,19 +69,30 @@ class Unlearning:
         return "\n".join([head, "|---|" + "---:|" * len(keys), *rows])
 
 
+def _own_steps(algo, spec) -> list[int]:
+    """Each client's local steps per round under ``algo`` (its epochs over its own data, or
+    the fixed steps)."""
+    n = np.asarray(spec.num_examples)
+    if isinstance(algo.local_steps, tuple):
+        return list(algo.local_steps)
+    if algo.local_steps is not None:
+        return [int(algo.local_steps)] * n.size
+    if algo.batch_size is None:  # full batch: one step per epoch
+        return [int(algo.local_epochs)] * n.size
+    return [int(algo.local_epochs * math.ceil(k / algo.batch_size)) for k in n]
+
+
 def _federaser_fn(algo, model, data, rounds: int, site: int, interval: int, calibration: float,
                   weights):  # fmt: skip
     """``(initial params, seed key, kept one-site models [T, n, ...], models [T, ...]) ->
-    unlearned params``: FedEraser's calibrated reconstruction over the kept rounds."""
-    from fljax.client import plan_local_work
+    unlearned params``: FedEraser's calibrated reconstruction over the kept rounds, each site
+    training ``calibration`` x its own local steps."""
     from fljax.engine import build_round, initial_state
     from fljax.engine._round import train_spec
 
     n = data.num_clients
     spec = train_spec(data, algo)
-    plan = plan_local_work(spec.num_examples, spec.x.shape[1], local_epochs=algo.local_epochs,
-                           local_steps=algo.local_steps, batch_size=algo.batch_size)  # fmt: skip
-    steps = max(1, math.ceil(calibration * plan.max_steps))
+    steps = tuple(max(1, math.ceil(calibration * t)) for t in _own_steps(algo, spec))
     cal = rebuild(algo, local_epochs=None, local_steps=steps)
     round_fn = build_round(cal, model, data, n, subsets=True)
     train = ClientData(*(jnp.asarray(a) for a in spec))
@@ -109,21 +119,19 @@ def _federaser_fn(algo, model, data, rounds: int, site: int, interval: int, cali
 
         return jax.lax.scan(step, params0, kept_rounds)[0]
 
-    cost = int(len(kept_rounds) * steps * keep.sum())
+    cost = int(len(kept_rounds) * np.asarray(steps)[keep].sum())
     return jax.jit(jax.vmap(unlearn)), cost
 
 
 def _mia_auc(model, task, params, members: ClientData, others: ClientData) -> float:
-    """AUROC of the loss-threshold attack (Yeom et al., 2018): score = -loss per record,
-    members vs non-members."""
-    loss = example_loss_fn(task)
-    mx, my, mn = (np.asarray(a)[0] for a in members)
-    ox, oy, on = (np.asarray(a)[0] for a in others)
-    x = jnp.asarray(np.concatenate([mx[:mn], ox[:on]]))
-    y = jnp.asarray(np.concatenate([my[:mn], oy[:on]]))
-    scores = -loss(model.apply(params, x, train=False), y)
-    label = jnp.concatenate([jnp.ones(int(mn), jnp.int32), jnp.zeros(int(on), jnp.int32)])
-    return float(M.auroc_scores(scores, label))
+    """AUROC of the loss-threshold attack (Yeom et al., 2018,
+    :func:`fljax.privacy.loss_threshold_mia`): the removed site's training records against
+    its test records."""
+    def records(split):
+        x, y, n = (np.asarray(a)[0] for a in split)
+        return jnp.asarray(x[:n]), jnp.asarray(y[:n])
+
+    return loss_threshold_mia(model, params, records(members), records(others), task).auc
 
 
 def _scores(model, data: FederatedData, metric: str, params, site: int) -> dict:

@@ -171,10 +171,11 @@ def gtg_shapley(
                          walk) for i in range(len(g.seeds))]  # fmt: skip
     info = {"rounds": rounds, "skipped_rounds": sum(r[2] for r in runs),
             "permutations": sum(r[3] for r in runs), "between": between, "within": within,
-            "reconstruction_gap": max(r[4] for r in runs)}  # fmt: skip
+            "reconstruction_gap": max(r[4] for r in runs),
+            "one_site_rounds": len(g.seeds) * rounds * n}  # fmt: skip
     return Valuation("gtg_shapley", g.sites, g.seeds, np.stack([r[0] for r in runs]),
                      np.asarray([r[1] for r in runs]), init,
-                     len(g.seeds) * rounds * (n + 1), info)  # fmt: skip
+                     len(g.seeds), info)  # fmt: skip
 
 
 def _seed_values(g: Game, singles, models, u_t: float, weights, between, walk):

@@ -26,7 +26,9 @@ class Valuation:
         values: ``[seeds, sites]``, each seed's values.
         full, empty: ``[seeds]`` utilities of the grand coalition and of the empty one
             (the initial model); Shapley values sum to ``full - empty`` (efficiency).
-        federations: federations trained for it (coalitions x seeds; 0 for reconstructions).
+        federations: federations trained for it (coalitions x seeds, those already in the
+            game's cache not counted; GTG-Shapley: its one training run per seed, whose
+            rounds also train every site alone, ``info["one_site_rounds"]``).
         info: method details (permutations drawn, convergence, truncations, ...).
     """
 
