@@ -64,7 +64,9 @@ def main() -> None:
     program_s = time.perf_counter() - t0
     n = fed.num_clients
     runs = [(s, c) for s in seeds for c in itertools.product((0, 1), repeat=n) if any(c)]
-    sample = runs if args.sample is None else runs[:: max(1, len(runs) // args.sample)]
+    sample = runs
+    if args.sample is not None:  # evenly spread over the seeds and coalitions
+        sample = runs[:: max(1, len(runs) // args.sample)][: args.sample]
     t0 = time.perf_counter()
     for s, c in sample:
         sub = fljax.data.select_clients(fed, np.flatnonzero(c))
