@@ -170,7 +170,7 @@ def game(
     clients_per_round: int | None = None,
     seeds: Sequence[int] = (0,),
     metric: str | None = None,
-    chunk: int = 256,
+    chunk: int = 128,
     **simulate_options,
 ) -> Game:
     """The game ``v(S)`` = ``metric`` on ``validation`` of the global model that the sites
