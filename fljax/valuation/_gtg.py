@@ -203,7 +203,7 @@ def _seed_values(g: Game, singles, models, u_t: float, weights, between, walk):
 def initial_models(model, data, seeds, given=None):
     """Each seed's initial global model stacked ``[S, ...]``, as :func:`fljax.simulate`
     draws it (``given``: one warm start for every seed)."""
-    models = [given if given is not None else
-              model.init(jax.random.split(jax.random.key(s))[0], data.sample())
-              for s in seeds]  # fmt: skip
+    from fljax.engine._setup import initial_params
+
+    models = [initial_params(model, data, jax.random.key(s), given) for s in seeds]
     return jax.tree.map(lambda *p: jnp.stack(p), *models)
