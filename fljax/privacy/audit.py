@@ -231,6 +231,7 @@ def lira(algorithm, model, data: FederatedData, *, target: int, rounds: int,
     trained as ONE program with full participation; each model attacked leave-one-out."""
     from fljax.metrics import auroc_scores
     from fljax.simulate import simulate
+    from fljax.valuation._game import stack_params
 
     n = data.num_clients
     if isinstance(target, bool) or not isinstance(target, int) or not 0 <= target < n:
@@ -245,7 +246,7 @@ def lira(algorithm, model, data: FederatedData, *, target: int, rounds: int,
     runs = simulate(algorithm, model, data, rounds=rounds, clients_per_round=n,
                     seeds=list(seeds), eval_every=rounds, subsets=masks,
                     **simulate_options)  # fmt: skip
-    stack = jax.tree.map(lambda *p: np.stack([np.asarray(a) for a in p]), *[r.params for r in runs])
+    stack = stack_params(runs)
     x, y, m = (np.asarray(a)[target] for a in data.train)
     stat = _record_statistics(model, stack, jnp.asarray(x[:m]), jnp.asarray(y[:m]))
     members = np.tile(masks[:, target], len(list(seeds)))

@@ -27,6 +27,7 @@ from fljax.algorithms import Algorithm, rebuild
 from fljax.data import ClientData, FederatedData
 from fljax.models import Model
 from fljax.privacy import loss_threshold_mia
+from fljax.valuation._game import stack_params
 from fljax.valuation._gtg import RECONSTRUCTIBLE, initial_models, record_rounds
 
 
@@ -193,9 +194,7 @@ def unlearn(
     masks[1, site] = False
     runs = simulate(algorithm, model, data, rounds=rounds, clients_per_round=n, seeds=seeds,
                     eval_every=rounds, subsets=masks)  # fmt: skip
-    stack = lambda ps: jax.tree.map(lambda *p: np.stack([np.asarray(a) for a in p]), *ps)  # noqa: E731
-    original = stack([r.params for r in runs[0::2]])
-    retrained = stack([r.params for r in runs[1::2]])
+    original, retrained = stack_params(runs[0::2]), stack_params(runs[1::2])
     starts = initial_models(model, data, seeds)
     singles, models = record_rounds(algorithm, model, data, seeds, rounds, starts)
     weights = (np.asarray(data.num_examples, np.float64)

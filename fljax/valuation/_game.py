@@ -54,6 +54,13 @@ def holdout(data: FederatedData, fraction: float = 0.2, seed: int = 0
     return dataclasses.replace(data, train=ClientData(keep_x, keep_y, keep_n)), validation
 
 
+def stack_params(results) -> PyTree:
+    """The final global models of ``simulate`` results stacked ``[R, ...]`` on the host
+    (results of a multi-run program live on the runs mesh; numpy joins them safely)."""
+    return jax.tree.map(lambda *p: np.stack([np.asarray(a) for a in p]),
+                        *[r.params for r in results])
+
+
 def _check_validation(validation, data: FederatedData) -> ClientData:
     """``validation`` as ``ClientData[1, M, ...]`` (also from an ``(x, y)`` pair)."""
     if isinstance(validation, ClientData):
@@ -151,8 +158,7 @@ class Game:
                            clients_per_round=self.clients_per_round, seeds=self.seeds,
                            eval_every=self.rounds, subsets=np.asarray(coalitions, bool),
                            **self.options)  # fmt: skip
-        params = jax.tree.map(lambda *p: np.stack([np.asarray(a) for a in p]),
-                              *[r.params for r in results])  # fmt: skip
+        params = stack_params(results)
         values = self.score(params).reshape(len(self.seeds), len(coalitions))
         for j, k in enumerate(coalitions):
             self.cache[k] = values[:, j]

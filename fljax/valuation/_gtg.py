@@ -23,7 +23,7 @@ from fljax.algorithms import Algorithm
 from fljax.data import ClientData, FederatedData
 from fljax.models import Model
 from fljax.valuation._game import Game, game
-from fljax.valuation._shapley import Valuation
+from fljax.valuation._shapley import Valuation, walk_permutations
 
 RECONSTRUCTIBLE = ("fedavg", "fedprox")  # server SGD on the weighted mean, no client state
 
@@ -70,28 +70,22 @@ def _reconstruct(singles, weights: np.ndarray):
 
 
 def _walk(g, singles, p, perms, u0, u_full, eps, memo) -> np.ndarray:
-    """Marginals ``[P, n]`` of permutations ``perms`` in one round, depth by depth (the
-    reconstructions of a depth scored as one batch, each coalition once per round via
-    ``memo``); a permutation stops once its prefix is within ``eps`` of ``u_full``."""
-    count, n = perms.shape
-    prev, marg, alive = np.full(count, u0), np.zeros((count, n)), np.ones(count, bool)
-    for d in range(1, n + 1):
-        alive &= np.abs(u_full - prev) >= eps
-        if not alive.any():
-            break
-        rows = np.flatnonzero(alive)
-        coalitions = [tuple(sorted(perms[r, :d].tolist())) for r in rows]
+    """Marginals ``[P, n]`` of permutations ``perms`` in one round
+    (:func:`walk_permutations`): the reconstructions of a depth scored as one batch, each
+    coalition once per round via ``memo``."""
+    n = g.num_sites
+
+    def utilities(prefixes):
+        coalitions = [tuple(sorted(m.tolist())) for m in prefixes]
         todo = list(dict.fromkeys(c for c in coalitions if c not in memo))
         if todo:
             coal = np.zeros((len(todo), n))
             for j, c in enumerate(todo):
                 coal[j, list(c)] = p[list(c)]
             memo.update(zip(todo, g.score(_reconstruct(singles, coal)), strict=True))
-        cur = prev.copy()
-        cur[rows] = [memo[c] for c in coalitions]
-        marg[rows, perms[rows, d - 1]] = (cur - prev)[rows]
-        prev = cur
-    return marg
+        return np.asarray([[memo[c] for c in coalitions]])
+
+    return walk_permutations(perms, np.array([u0]), u_full, eps, utilities)[0]
 
 
 def _round_values(g, singles, p, u0, u_full, eps, rng, max_perms, convergence):

@@ -119,25 +119,36 @@ def shapley(g: Game) -> Valuation:
                      {"coalitions": len(masks)})  # fmt: skip
 
 
-def _walk_batch(g: Game, perms: np.ndarray, full_mean: float, tolerance: float) -> np.ndarray:
-    """Marginal contributions ``[seeds, P, n]`` of a batch of permutations, walked depth by
-    depth (the uncached prefixes of one depth trained as one program); a permutation stops
-    once its prefix is within ``tolerance * |v(N)|`` of ``v(N)`` (later marginals are 0)."""
+def walk_permutations(perms: np.ndarray, start: np.ndarray, full: float, eps: float,
+                      utilities) -> np.ndarray:
+    """Marginal contributions ``[S, P, n]`` of permutations ``perms[P, n]``, walked depth by
+    depth: ``utilities(prefixes) -> [S, len(prefixes)]`` scores all live prefixes of one depth
+    at once (``S`` seeds; ``start[S]`` is the empty prefix's utility). A permutation stops
+    once its prefix's utility (mean over seeds) is within ``eps`` of ``full``; its later
+    marginals are 0 (truncation, Ghorbani and Zou 2019; Liu et al. 2022)."""
     p, n = perms.shape
-    seeds = len(g.seeds)
-    marg = np.zeros((seeds, p, n))
-    prev = np.repeat(g.utilities([_mask(n, ())]), p, axis=1)  # [seeds, P]
+    marg = np.zeros((start.shape[0], p, n))
+    prev = np.repeat(np.asarray(start, np.float64)[:, None], p, axis=1)  # [S, P]
     alive = np.ones(p, bool)
     for d in range(1, n + 1):
-        alive &= np.abs(full_mean - prev.mean(axis=0)) >= tolerance * abs(full_mean)
+        alive &= np.abs(full - prev.mean(axis=0)) >= eps
         if not alive.any():
             break
         rows = np.flatnonzero(alive)
         cur = prev.copy()
-        cur[:, rows] = g.utilities([_mask(n, perms[r, :d]) for r in rows])
+        cur[:, rows] = utilities([perms[r, :d] for r in rows])
         marg[:, rows, perms[rows, d - 1]] = (cur - prev)[:, rows]
         prev = cur
     return marg
+
+
+def _walk_batch(g: Game, perms: np.ndarray, full_mean: float, tolerance: float) -> np.ndarray:
+    """A batch of TMC permutations (:func:`walk_permutations`): each depth's uncached
+    prefixes trained as one program; truncated within ``tolerance * |v(N)|`` of ``v(N)``."""
+    n = g.num_sites
+    empty = g.utilities([_mask(n, ())])[:, 0]
+    return walk_permutations(perms, empty, full_mean, tolerance * abs(full_mean),
+                             lambda prefixes: g.utilities([_mask(n, m) for m in prefixes]))
 
 
 def tmc_shapley(g: Game, *, tolerance: float = 0.01, batch: int = 16, convergence: float = 0.05,
