@@ -98,6 +98,27 @@ def _flamby_zscore(train: np.ndarray, *others: np.ndarray):
     return [(a - mean) / (std + 1e-9) for a in (train, *others)]
 
 
+def heart_split(path: str | os.PathLike) -> tuple[np.ndarray, ...]:
+    """ONE hospital file of Fed-Heart-Disease -> ``(x_train, y_train, x_test, y_test)`` before
+    standardization: FLamby's per-site ``train_test_split(train_size=0.66, test_size=0.34,
+    random_state=43, stratify=label)`` (not stratified where a class has <= 2 rows). What a
+    deployed site (:mod:`fljax.deploy`) reads of its own file."""
+    from sklearn.model_selection import train_test_split
+
+    x, y = _read_heart(path)
+    counts = np.bincount(y, minlength=2)
+    stratify = y if counts.min() > 2 else None
+    idx_train, idx_test = train_test_split(
+        np.arange(len(y)),
+        train_size=0.66,
+        test_size=0.34,
+        random_state=43,
+        shuffle=True,
+        stratify=stratify,
+    )
+    return x[idx_train], y[idx_train], x[idx_test], y[idx_test]
+
+
 @register("heart_disease")
 def heart_disease(
     data_dir: str | os.PathLike | None = None,
@@ -122,28 +143,16 @@ def heart_disease(
         Janosi, Steinbrunn, Pfisterer, Detrano (1988), UCI Heart Disease; du Terrail et al.
         (2022), "FLamby", NeurIPS Datasets and Benchmarks.
     """
-    from sklearn.model_selection import train_test_split
-
     if standardize not in ("client", "global", "none"):
         raise ValueError(f"standardize={standardize!r} is not one of ('client', 'global', 'none')")
     paths = fetch("heart_disease", HEART_FILES, data_dir, download)
     xs_train, ys_train, xs_test, ys_test = [], [], [], []
     for file in HEART_FILES:
-        x, y = _read_heart(paths[file.name])
-        counts = np.bincount(y, minlength=2)
-        stratify = y if counts.min() > 2 else None
-        idx_train, idx_test = train_test_split(
-            np.arange(len(y)),
-            train_size=0.66,
-            test_size=0.34,
-            random_state=43,
-            shuffle=True,
-            stratify=stratify,
-        )
-        xs_train.append(x[idx_train])
-        ys_train.append(y[idx_train])
-        xs_test.append(x[idx_test])
-        ys_test.append(y[idx_test])
+        x_train, y_train, x_test, y_test = heart_split(paths[file.name])
+        xs_train.append(x_train)
+        ys_train.append(y_train)
+        xs_test.append(x_test)
+        ys_test.append(y_test)
     if standardize == "client":
         pairs = [_flamby_zscore(a, b) for a, b in zip(xs_train, xs_test, strict=True)]
         xs_train, xs_test = [p[0] for p in pairs], [p[1] for p in pairs]

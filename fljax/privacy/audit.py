@@ -30,7 +30,6 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import optimize, stats
 
 from fljax.attacks import Attack
 from fljax.data import ClientData, FederatedData
@@ -39,6 +38,8 @@ from fljax.data import ClientData, FederatedData
 def gdp_epsilon(mu: float, delta: float) -> float:
     """The smallest ``epsilon`` with ``mu``-GDP implying ``(epsilon, delta)``-DP:
     ``delta = Phi(-eps/mu + mu/2) - e^eps Phi(-eps/mu - mu/2)`` (Dong, Roth and Su 2022)."""
+    from scipy import optimize, stats  # scipy.stats costs ~1 s at import: loaded when used
+
     if mu <= 0:
         return 0.0
 
@@ -213,6 +214,8 @@ def _record_statistics(model, params_stack, x, y) -> np.ndarray:
 def _loo_ratio(stat: np.ndarray, members: np.ndarray) -> np.ndarray:
     """Each federation's summed per-record log likelihood ratio, IN and OUT Gaussians per
     record fitted on the OTHER federations."""
+    from scipy import stats
+
     scores = np.zeros(stat.shape[0])
     for j in range(stat.shape[0]):
         rest = np.arange(stat.shape[0]) != j

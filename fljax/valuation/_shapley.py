@@ -9,7 +9,6 @@ import itertools
 import math
 
 import numpy as np
-from scipy import stats
 
 from fljax.valuation._game import Game
 
@@ -52,6 +51,8 @@ class Valuation:
         s = self.values.shape[0]
         if s < 2:
             return np.zeros(self.values.shape[1])
+        from scipy import stats  # loaded when used (~1 s at import)
+
         sem = self.values.std(axis=0, ddof=1) / math.sqrt(s)
         return stats.t.ppf(0.5 + level / 2, s - 1) * sem
 
