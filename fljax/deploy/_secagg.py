@@ -91,7 +91,10 @@ def _fit_instructions(server, r: int, cohort) -> tuple[dict, dict]:
     start = [np.asarray(x) for x in jax.tree.leaves(ctx.start)]
     fits, slots = {}, {}
     for slot, site in enumerate(ids.tolist()):
-        if not valid[slot] or not server._live(site):
+        if not valid[slot]:
+            continue
+        if not server._live(site):
+            server.record.drop(r, site)
             continue
         weight = 1 if uniform else int(server.infos[site].n_train)
         extra = {"round": r, "budget": int(budget[slot]), "weight": weight,

@@ -109,7 +109,10 @@ class Server:
         self.record.down += (tree_bytes(start) + tree_bytes(server_state)) * int(valid.sum())
         msgs = {}
         for slot, site in enumerate(ids.tolist()):
-            if not valid[slot] or not self._live(site):
+            if not valid[slot]:
+                continue
+            if not self._live(site):  # lost and gone from the SuperLink: dropped at once
+                self.record.drop(r, site)
                 continue
             cfg = self._config({"round": r, "budget": int(budget[slot]), "evaluate": evaluate,
                                 "client_key": key_to_list(cohort.client_keys[slot]),
