@@ -74,28 +74,48 @@ def _finished(run_dir, proc, folder, timeout: float = 900.0) -> dict:
     return summary
 
 
-def test_flower_runtime_matches_simulation(tmp_path, heart, nodes):
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, nodes):
+    """A SuperLink and 4 SuperNodes (insecure, localhost) shared by the runs below."""
+    running = Cluster(tmp_path_factory.mktemp("cluster"), nodes)
+    yield running
+    running.close()
+
+
+def _deployed(cluster, folder, config, heart, rounds: int):
+    """Runs ``config`` on the cluster; the run folder, its summary and the simulation of
+    the same deployment on the same federation."""
+    run_dir = folder / "run"
+    summary = _finished(run_dir, _start_run(cluster, config, folder), folder)
+    dep = deployment_from_json(json.dumps(config, sort_keys=True))
+    sim = fljax.simulate(dep.algorithm, dep.model, heart, rounds=rounds, clients_per_round=4,
+                         seed=config["seed"], eval_every=1, progress=False)  # fmt: skip
+    return run_dir, summary, sim
+
+
+def test_flower_runtime_matches_simulation(tmp_path, cluster, heart):
     """FedAvg, FedProx and SCAFFOLD, 3 rounds of full-batch local steps, through the
     SuperLink and 4 SuperNodes: the parameters and every evaluation's per-site metrics of
     fljax.simulate on the same federation (1e-5)."""
-    cluster = Cluster(tmp_path / "cluster", nodes)
-    try:
-        for name, extra in (("fedavg", {}), ("fedprox", {"mu": 0.1}), ("scaffold", {})):
-            run_dir = tmp_path / name / "run"
-            config = _config(name, run_dir, **extra)
-            summary = _finished(run_dir, _start_run(cluster, config, tmp_path / name),
-                                tmp_path / name)  # fmt: skip
-            dep = deployment_from_json(json.dumps(config, sort_keys=True))
-            sim = fljax.simulate(dep.algorithm, dep.model, heart, rounds=3, clients_per_round=4,
-                                 seed=7, eval_every=1, progress=False)  # fmt: skip
-            assert max_diff(load_params(run_dir), sim.params) < 1e-5, name
-            history = read_metrics(run_dir)
-            for entry in history:  # only metrics came back: no site data in the run folder
-                assert entry["unreported_sites"] == [] and entry["dropped"] == {}
-            assert_same_history(sim.history, history)
-            assert summary["client_names"] == list(heart.client_names)
-    finally:
-        cluster.close()
+    for name, extra in (("fedavg", {}), ("fedprox", {"mu": 0.1}), ("scaffold", {})):
+        config = _config(name, tmp_path / name / "run", **extra)
+        run_dir, summary, sim = _deployed(cluster, tmp_path / name, config, heart, 3)
+        assert max_diff(load_params(run_dir), sim.params) < 1e-5, name
+        history = read_metrics(run_dir)
+        for entry in history:  # every site reported, none dropped
+            assert entry["unreported_sites"] == [] and entry["dropped"] == {}
+        assert_same_history(sim.history, history)
+        assert summary["client_names"] == list(heart.client_names)
+
+
+def test_flower_secagg_plus_gives_the_mean_within_quantization(tmp_path, cluster, heart):
+    """Flower's SecAgg+ workflow through the SuperLink (setup, key sharing, masked vectors,
+    unmasking: four round trips): the model of plain FedAvg within the quantization."""
+    config = {**_config("fedavg", tmp_path / "run"), "rounds": 1, "secagg_plus": {}}
+    run_dir, summary, sim = _deployed(cluster, tmp_path, config, heart, 1)
+    assert 0 < max_diff(load_params(run_dir), sim.params) < 2e-5
+    assert summary["secagg"]["name"] == "flower_secagg_plus" and summary["dropped"] == {}
+    assert_same_history(sim.history, read_metrics(run_dir), tol=1e-4)
 
 
 def test_flower_tls_run_survives_a_killed_site(tmp_path, heart, nodes):
