@@ -113,6 +113,22 @@ def test_compression_residual_stays_on_the_site(heart, nodes):
         assert sum(float(np.abs(a).sum()) for a in residual) > 0
 
 
+def test_robust_aggregator_on_the_server(heart, nodes):
+    """A robust aggregator (coordinate-wise median) runs on the server over the sites'
+    messages, as in the simulation."""
+    aggregator = fljax.aggregate.get("median")
+    algorithm = _algorithm()
+    dep = Deployment(algorithm, MODEL, Task.of(heart), num_sites=4, rounds=2, seed=6,
+                     aggregator=aggregator)  # fmt: skip
+    server = run_local(dep, nodes)
+    sim = fljax.simulate(algorithm, MODEL, heart, rounds=2, clients_per_round=4, seed=6,
+                         eval_every=2, progress=False, aggregator=aggregator)  # fmt: skip
+    plain = fljax.simulate(algorithm, MODEL, heart, rounds=2, clients_per_round=4, seed=6,
+                           eval_every=2, progress=False)  # fmt: skip
+    assert max_diff(server.state.params, sim.params) < 1e-5
+    assert max_diff(server.state.params, plain.params) > 1e-4  # not the weighted mean
+
+
 def test_dropped_site_is_left_out_as_drop_would(heart, nodes):
     """A site whose node vanishes after round 1 is dropped from rounds 2 and 3 (named in the
     history) and the run goes on: rounds 2-3 equal a simulation over the three others started
@@ -261,8 +277,9 @@ def test_the_simulation_never_imports_flower():
 
     code = ("import sys, fljax, fljax.deploy\n"
             "fed = fljax.data.load('breast_cancer', num_clients=2)\n"
-            "fljax.simulate(fljax.algorithms.get('fedavg'), fljax.models.get('logistic', num_classes=2), fed,"
-            " rounds=1, clients_per_round=2, progress=False)\n"
+            "model = fljax.models.get('logistic', num_classes=2)\n"
+            "fljax.simulate(fljax.algorithms.get('fedavg'), model, fed, rounds=1,"
+            " clients_per_round=2, progress=False)\n"
             "assert not [m for m in sys.modules if m.split('.')[0] == 'flwr'], 'flwr imported'\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "JAX_PLATFORMS": "cpu"})  # fmt: skip
