@@ -71,7 +71,8 @@ class Cluster:
         self.env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}"
                     f"{os.environ['PATH']}", "JAX_PLATFORMS": "cpu",
                     "JAX_COMPILATION_CACHE_DIR": str(Path(__file__).parent.parent / ".jax_cache"),
-                    "FLWR_HOME": str(root / "superlink")}  # fmt: skip
+                    "FLWR_HOME": str(root / "superlink"), "FLWR_TELEMETRY_ENABLED": "0",
+                    "FLWR_DISABLE_UPDATE_CHECK": "1"}  # fmt: skip
         security = ["--insecure"]
         if tls:
             self.ca, certfile, keyfile = make_certificates(root / "certs")
