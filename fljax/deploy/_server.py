@@ -63,7 +63,7 @@ class Server:
     def __init__(self, dep: Deployment, grid, context=None):
         self.dep, self.grid, self.context = dep, grid, context
         nodes = wait_for_sites(grid, dep.num_sites, dep.connect_timeout)
-        self.sites = handshake(grid, nodes[: dep.num_sites], dep.round_timeout)
+        self.sites = handshake(grid, nodes, dep.round_timeout)
         self.infos = [self.sites[s][1] for s in range(len(self.sites))]
         self.fed_json = infos_to_json(self.infos)
         self.fed = federation(dep.task, self.infos)
@@ -106,7 +106,6 @@ class Server:
         ctx = cohort.ctx
         ids, valid, budget = (np.asarray(a) for a in (ctx.ids, ctx.valid, ctx.budget))
         start, server_state = to_record(ctx.start), to_record(self.state.algorithm_state)
-        self.record.down += (tree_bytes(start) + tree_bytes(server_state)) * int(valid.sum())
         msgs = {}
         for slot, site in enumerate(ids.tolist()):
             if not valid[slot]:
@@ -121,6 +120,7 @@ class Server:
                                   "server_state": server_state})  # fmt: skip
             msgs[slot] = Message(content, dst_node_id=self.sites[site][0],
                                  message_type=MessageType.TRAIN, group_id=str(r))  # fmt: skip
+        self.record.down += (tree_bytes(start) + tree_bytes(server_state)) * len(msgs)
         return msgs
 
     def collect(self, r: int, cohort, msgs: dict, evals: dict):
