@@ -56,6 +56,17 @@ def assert_same_history(sim, dep, tol=1e-5):
         assert d["client_metrics"]["participation"] == s["client_metrics"]["participation"]
 
 
+def deployed_and_simulated(heart, nodes, algorithm, rounds: int, seed: int, cohort: int = 4,
+                           eval_every: int = 1, **components):
+    """The deployment in one process and the simulation of the same configuration
+    (``components``: compression / privacy / aggregator, given to both)."""
+    dep = Deployment(algorithm, MODEL, Task.of(heart), num_sites=4, rounds=rounds, seed=seed,
+                     clients_per_round=cohort, eval_every=eval_every, **components)
+    sim = fljax.simulate(algorithm, MODEL, heart, rounds=rounds, clients_per_round=cohort,
+                         seed=seed, eval_every=eval_every, progress=False, **components)
+    return run_local(dep, nodes), sim
+
+
 def test_site_reads_only_its_own_file(heart, nodes):
     """A site's arrays are its row of the simulated federation (split, z-score)."""
     for cfg in nodes:
@@ -69,11 +80,7 @@ def test_site_reads_only_its_own_file(heart, nodes):
 def test_minibatch_run_matches_simulation(heart, nodes):
     """Minibatches: the same seeds give the same batches (per-site keys derived as in
     simulation), so every history entry and the final model agree."""
-    algorithm = _algorithm(batch_size=16)
-    dep = Deployment(algorithm, MODEL, Task.of(heart), num_sites=4, rounds=3, seed=5)
-    server = run_local(dep, nodes)
-    sim = fljax.simulate(algorithm, MODEL, heart, rounds=3, clients_per_round=4, seed=5,
-                         eval_every=1, progress=False)  # fmt: skip
+    server, sim = deployed_and_simulated(heart, nodes, _algorithm(batch_size=16), 3, seed=5)
     assert max_diff(server.state.params, sim.params) < 1e-5
     assert_same_history(sim.history, server.record.log.history)
 
@@ -82,12 +89,8 @@ def test_client_dp_noise_and_epsilon_match_simulation(heart, nodes):
     """Client-level DP on the server: the same cohort (2 of 4 sites), clipping, noise and
     epsilon at every evaluation as the simulation."""
     privacy = fljax.privacy.get("central_dp", noise_multiplier=1.0, clip_norm=1.0, delta=1e-3)
-    algorithm = _algorithm()
-    dep = Deployment(algorithm, MODEL, Task.of(heart), num_sites=4, rounds=3, seed=3,
-                     clients_per_round=2, privacy=privacy)  # fmt: skip
-    server = run_local(dep, nodes)
-    sim = fljax.simulate(algorithm, MODEL, heart, rounds=3, clients_per_round=2, seed=3,
-                         eval_every=1, progress=False, privacy=privacy)  # fmt: skip
+    server, sim = deployed_and_simulated(heart, nodes, _algorithm(), 3, seed=3, cohort=2,
+                                         privacy=privacy)  # fmt: skip
     assert max_diff(server.state.params, sim.params) < 1e-5
     eps = [e["epsilon"] for e in server.record.log.history]
     assert eps == pytest.approx([e["epsilon"] for e in sim.history], rel=1e-12)
@@ -99,12 +102,8 @@ def test_compression_residual_stays_on_the_site(heart, nodes):
     """Top-k with error feedback runs on each site, its residual kept in the node's state
     across rounds: the same model as the simulation, and a non-zero residual per site."""
     compression = fljax.compress.get("topk", fraction=0.25, error_feedback=True)
-    algorithm = _algorithm()
-    dep = Deployment(algorithm, MODEL, Task.of(heart), num_sites=4, rounds=3, seed=1,
-                     compression=compression)  # fmt: skip
-    server = run_local(dep, nodes)
-    sim = fljax.simulate(algorithm, MODEL, heart, rounds=3, clients_per_round=4, seed=1,
-                         eval_every=3, progress=False, compression=compression)  # fmt: skip
+    server, sim = deployed_and_simulated(heart, nodes, _algorithm(), 3, seed=1, eval_every=3,
+                                         compression=compression)  # fmt: skip
     assert max_diff(server.state.params, sim.params) < 1e-5
     last = server.record.log.history[-1]
     assert last["compression_ratio"] == pytest.approx(sim.history[-1]["compression_ratio"])
@@ -118,11 +117,8 @@ def test_robust_aggregator_on_the_server(heart, nodes):
     messages, as in the simulation."""
     aggregator = fljax.aggregate.get("median")
     algorithm = _algorithm()
-    dep = Deployment(algorithm, MODEL, Task.of(heart), num_sites=4, rounds=2, seed=6,
-                     aggregator=aggregator)  # fmt: skip
-    server = run_local(dep, nodes)
-    sim = fljax.simulate(algorithm, MODEL, heart, rounds=2, clients_per_round=4, seed=6,
-                         eval_every=2, progress=False, aggregator=aggregator)  # fmt: skip
+    server, sim = deployed_and_simulated(heart, nodes, algorithm, 2, seed=6, eval_every=2,
+                                         aggregator=aggregator)  # fmt: skip
     plain = fljax.simulate(algorithm, MODEL, heart, rounds=2, clients_per_round=4, seed=6,
                            eval_every=2, progress=False)  # fmt: skip
     assert max_diff(server.state.params, sim.params) < 1e-5
