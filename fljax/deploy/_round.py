@@ -42,7 +42,7 @@ class SplitRound:
             raise ValueError(f"a deployed round has no place for the stages {unknown} of this "
                              "configuration (simulation-only)")  # fmt: skip
         cut = names.index("gather_client_inputs")
-        self.before_stages = [s for s in round_fn.stages[: cut + 1]]
+        self.before_stages = list(round_fn.stages[: cut + 1])
         self.after_stages = [s for s in round_fn.stages[cut + 1 :] if s.name in AFTER]
         self.counts = jnp.asarray(counts, jnp.int32)
         self.padded = False

@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from fljax.deploy._round import received
-from fljax.deploy._wire import key_to_list, tree_bytes
+from fljax.deploy._wire import key_to_list
+from fljax.engine._setup import tree_bytes
 
 SECAGG_CONFIG = "secaggplus_configs"  # flwr.common.secure_aggregation.secaggplus_constants
 
@@ -80,28 +81,26 @@ def _strategy(fits: dict, grid):
     return Cohort()
 
 
+def site_weights(server) -> list[int]:
+    """Each site's aggregation weight: its example count (``"num_examples"`` weighting), or 1."""
+    if server.prep.algorithm.weighting != "num_examples":
+        return [1] * len(server.infos)
+    return [int(i.n_train) for i in server.infos]
+
+
 def _fit_instructions(server, r: int, cohort) -> tuple[dict, dict]:
-    """``{node: FitIns}`` and ``{node: slot}`` for the cohort's reachable sites; the weight of
-    a site is its example count (``"num_examples"`` weighting) or 1."""
+    """``{node: FitIns}`` and ``{node: slot}`` for the cohort's reachable sites."""
     from flwr.common import FitIns, ndarrays_to_parameters
 
-    ctx = cohort.ctx
-    ids, valid, budget = (np.asarray(a) for a in (ctx.ids, ctx.valid, ctx.budget))
-    uniform = server.prep.algorithm.weighting != "num_examples"
-    start = [np.asarray(x) for x in jax.tree.leaves(ctx.start)]
+    budget, weights = np.asarray(cohort.ctx.budget), site_weights(server)
+    start = ndarrays_to_parameters([np.asarray(x) for x in jax.tree.leaves(cohort.ctx.start)])
     fits, slots = {}, {}
-    for slot, site in enumerate(ids.tolist()):
-        if not valid[slot]:
-            continue
-        if not server._live(site):
-            server.record.drop(r, site)
-            continue
-        weight = 1 if uniform else int(server.infos[site].n_train)
-        extra = {"round": r, "budget": int(budget[slot]), "weight": weight,
+    for slot, site in server.reachable(r, cohort):
+        extra = {"round": r, "budget": int(budget[slot]), "weight": weights[site],
                  "client_key": key_to_list(cohort.client_keys[slot]),
                  "transform_key": key_to_list(cohort.chain_keys[slot])}  # fmt: skip
         node = server.sites[site][0]
-        fits[node] = FitIns(ndarrays_to_parameters(start), server._config(extra))
+        fits[node] = FitIns(start, server._config(extra))
         slots[node] = slot
     return fits, slots
 
@@ -116,10 +115,7 @@ def secure_mean(server, r: int, cohort):
 
     s = server.dep.secagg
     fits, slots = _fit_instructions(server, r, cohort)
-    max_weight = s.max_weight
-    if max_weight is None:
-        uniform = server.prep.algorithm.weighting != "num_examples"
-        max_weight = 1.0 if uniform else float(max(i.n_train for i in server.infos))
+    max_weight = float(max(site_weights(server))) if s.max_weight is None else s.max_weight
     strategy = _strategy(fits, server.grid)
     legacy = LegacyContext(server.context, strategy=strategy)
     legacy.state.config_records["config"] = ConfigRecord({"current_round": r + 1})
@@ -153,15 +149,6 @@ def secure_mean(server, r: int, cohort):
 def _count_bytes(server, fits: dict, ok, mean: list, s) -> None:
     """Down: the start model per site; up: each surviving site's masked vector (one
     ``log2(modulus_range)``-bit word per coordinate) besides the protocol's keys and shares."""
-    from flwr.app import ArrayRecord
-
     coords = sum(int(np.size(x)) for x in mean) + 1  # the weight travels masked too
-    start = ArrayRecord([np.asarray(x) for x in parameters_of(next(iter(fits.values())))])
-    server.record.down += tree_bytes(start) * len(fits)
+    server.record.down += tree_bytes(server.prep.params) * len(fits)
     server.record.up += int(ok.sum()) * coords * math.ceil(math.log2(s.modulus_range) / 8)
-
-
-def parameters_of(fitins) -> list:
-    from flwr.common import parameters_to_ndarrays
-
-    return parameters_to_ndarrays(fitins.parameters)

@@ -15,9 +15,16 @@ import numpy as np
 from fljax.deploy._client import FEDERATION, TRAIN, infos_from_json, infos_to_json
 from fljax.deploy._record import RunRecord
 from fljax.deploy._round import SplitRound, received, stack_replies
-from fljax.deploy._spec import Deployment, SiteInfo, federation, initial_site_states, prepare
+from fljax.deploy._spec import (
+    Deployment,
+    SiteInfo,
+    federation,
+    initial_site_states,
+    local_update,
+    prepare,
+)
 from fljax.deploy._wire import from_record, key_to_list, to_record, tree_bytes
-from fljax.engine._round import client_update_for, initial_state, train_spec
+from fljax.engine._round import initial_state
 from fljax.engine._state import NonFiniteUpdateError
 
 
@@ -81,9 +88,7 @@ class Server:
         """Zeros shaped as a site's upload (SCAFFOLD's control-variate delta), from the local
         update's abstract evaluation on the padded shapes (the server holds no data)."""
         prep = self.prep
-        spec = train_spec(self.fed, prep.algorithm)
-        _, update = client_update_for(prep.algorithm, self.dep.model, self.fed, spec,
-                                      prep.dp_plan)  # fmt: skip
+        update, spec = local_update(self.dep, prep, self.fed)
         client0, _, server0 = initial_site_states(prep.algorithm, prep.params)
         x, y = (jax.ShapeDtypeStruct(a.shape[1:], a.dtype) for a in (spec.x, spec.y))
         n = jax.ShapeDtypeStruct((), np.int32)
@@ -97,22 +102,29 @@ class Server:
         node = self.sites[site][0]
         return site not in self.lost or node in set(self.grid.get_node_ids())
 
+    def reachable(self, r: int, cohort):
+        """``(slot, site)`` of the cohort's valid slots whose site is reachable; a lost site
+        gone from the SuperLink is dropped from round ``r`` at once."""
+        ids, valid = np.asarray(cohort.ctx.ids), np.asarray(cohort.ctx.valid)
+        for slot, site in enumerate(ids.tolist()):
+            if not valid[slot]:
+                continue
+            if not self._live(site):
+                self.record.drop(r, site)
+                continue
+            yield slot, site
+
     def train_messages(self, r: int, cohort, evaluate: bool = False):
         """One message per valid, reachable slot of the cohort: ``{slot: Message}``; with
         ``evaluate`` each site first scores the model it receives (the global model after
         the previous round: the evaluation rides along, saving a round trip)."""
         from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
-        ctx = cohort.ctx
-        ids, valid, budget = (np.asarray(a) for a in (ctx.ids, ctx.valid, ctx.budget))
-        start, server_state = to_record(ctx.start), to_record(self.state.algorithm_state)
+        budget = np.asarray(cohort.ctx.budget)
+        start = to_record(cohort.ctx.start)
+        server_state = to_record(self.state.algorithm_state)
         msgs = {}
-        for slot, site in enumerate(ids.tolist()):
-            if not valid[slot]:
-                continue
-            if not self._live(site):  # lost and gone from the SuperLink: dropped at once
-                self.record.drop(r, site)
-                continue
+        for slot, site in self.reachable(r, cohort):
             cfg = self._config({"round": r, "budget": int(budget[slot]), "evaluate": evaluate,
                                 "client_key": key_to_list(cohort.client_keys[slot]),
                                 "transform_key": key_to_list(cohort.chain_keys[slot])})

@@ -219,11 +219,17 @@ def initial_site_states(algorithm: Algorithm, params: PyTree) -> tuple:
     return client0, algorithm.client_transform.init(params), server0
 
 
-def site_update(dep: Deployment, prep: Prepared, fed: FederatedData):
-    """The compiled local update of the site ``fed`` holds (the simulation's
-    ``client_update`` for the same plan) and the site's arrays ``(x, y, n)``."""
+def local_update(dep: Deployment, prep: Prepared, fed: FederatedData):
+    """The simulation's ``client_update`` for ``fed``'s plan and its training split (padded
+    to every site's largest count; rows only for the sites ``fed`` holds)."""
     spec = train_spec(fed, prep.algorithm)
-    _, update = client_update_for(prep.algorithm, dep.model, fed, spec, prep.dp_plan)
+    return client_update_for(prep.algorithm, dep.model, fed, spec, prep.dp_plan)[1], spec
+
+
+def site_update(dep: Deployment, prep: Prepared, fed: FederatedData):
+    """The compiled local update of the site ``fed`` holds and the site's arrays
+    ``(x, y, n)``."""
+    update, _ = local_update(dep, prep, fed)
     site = fed.hosted[0]
     x, y = np.asarray(fed.train.x[0]), np.asarray(fed.train.y[0])
     return jax.jit(update), (x, y, np.int32(fed.train.num_examples[site]))
