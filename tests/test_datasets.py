@@ -2,6 +2,7 @@
 
 import shutil
 
+import jax
 import numpy as np
 import pytest
 
@@ -171,3 +172,31 @@ def test_a_mistyped_data_dir_is_refused_and_not_created(tmp_path):
     with pytest.raises(FileNotFoundError, match="data_dir=.*heart_disese.*is not a folder"):
         fljax.data.load("heart_disease", data_dir=wrong)
     assert not wrong.exists()
+
+
+def test_tcga_cox_normalize_reaches_the_training_loss(shared_data):
+    """cox_normalize="batch" (FLamby's BaselineLoss: the mean over the batch) divides the
+    Cox loss, hence one full-batch SGD step, by n instead of the number of events."""
+    import dataclasses
+
+    steps = {}
+    for normalize in ("events", "batch"):
+        fed = fljax.data.load(
+            "tcga_brca", data_dir=shared_data / "tcga_brca", cox_normalize=normalize
+        )
+        assert fed.loss_options == {"cox_normalize": normalize}
+        n = np.where(np.arange(6) == 5, fed.train.num_examples, 0).astype(np.int32)
+        one = fljax.data.drop_empty_clients(
+            dataclasses.replace(fed, train=fed.train._replace(num_examples=n))
+        )  # Canada only
+        model = fljax.models.get("logistic", num_classes=1)
+        algo = fljax.algorithms.get("fedavg", client_lr=0.01, local_steps=1, local_epochs=None,
+                                    batch_size=None)  # fmt: skip
+        params0 = model.init(jax.random.key(0), fed.sample())
+        res = fljax.simulate(algo, model, one, rounds=1, clients_per_round=1, params=params0)
+        steps[normalize] = res.params["Dense_0"]["kernel"] - params0["Dense_0"]["kernel"]
+    n5 = int(fed.train.num_examples[5])
+    events = int(fed.train.y[5, :n5, 1].sum())
+    np.testing.assert_allclose(steps["batch"], steps["events"] * events / n5, rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match="cox_normalize='mean' is not one of"):
+        fljax.data.load("tcga_brca", data_dir=shared_data / "tcga_brca", cox_normalize="mean")

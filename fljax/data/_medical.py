@@ -223,6 +223,8 @@ def tcga_brca(
     """
     if standardize not in ("none", "global"):
         raise ValueError(f"standardize={standardize!r} is not one of ('none', 'global')")
+    if cox_normalize not in ("events", "batch"):
+        raise ValueError(f"cox_normalize={cox_normalize!r} is not one of ('events', 'batch')")
     paths = fetch("tcga_brca", TCGA_FILES, data_dir, download)
     with open(paths["brca.csv"]) as f:
         rows = list(csv.reader(f))
@@ -262,6 +264,7 @@ def tcga_brca(
         client_names=TCGA_REGIONS,
         metrics=metrics,
         info=dict(standardize=standardize, features=header[1:40]),
+        loss_options=dict(cox_normalize=cox_normalize),
     )
 
 
