@@ -122,11 +122,15 @@ def test_fedprox_proximal_local_objective(tiny):
     _close(res.params, x)
 
 
-@pytest.mark.parametrize("option", ["I", "II"])
-def test_scaffold_matches_karimireddy_algorithm_1(tiny, option):
-    """SCAFFOLD Alg. 1 with Eq. (4) options; unsampled clients keep c_i; eta_g != 1."""
+@pytest.mark.parametrize(
+    "option, weighting", [("I", "uniform"), ("II", "uniform"), ("II", "num_examples")]
+)
+def test_scaffold_matches_karimireddy_algorithm_1(tiny, option, weighting):
+    """SCAFFOLD Alg. 1 with Eq. (4) options; unsampled clients keep c_i; eta_g != 1. With
+    ``weighting="num_examples"`` the mean of delta c is weighted like the mean of delta y
+    (so that c stays the weighted mean of the c_i, as in FLamby's SCAFFOLD)."""
     eta_g = 0.9
-    res = _run(tiny, "scaffold", option=option, server_lr=eta_g)
+    res = _run(tiny, "scaffold", option=option, server_lr=eta_g, weighting=weighting)
     npf, x = tiny[3], _start(tiny)
     c = zeros_like(x)
     ci = [zeros_like(x) for _ in range(5)]
@@ -144,8 +148,9 @@ def test_scaffold_matches_karimireddy_algorithm_1(tiny, option):
             dys.append(add(y, x, -1.0))
             dcs.append(add(new, ci[cid], -1.0))
             ci[cid] = new
-        x = add(x, wmean(dys, np.ones(K)), eta_g)
-        c = add(c, wmean(dcs, np.ones(K)), K / 5)
+        w = npf.n[ids] if weighting == "num_examples" else np.ones(K)
+        x = add(x, wmean(dys, w), eta_g)
+        c = add(c, wmean(dcs, w), K / 5)
     _close(res.params, x)
     np.testing.assert_allclose(res.state.algorithm_state["Dense_0"]["kernel"], c[0], atol=2e-4)
     for cid in range(5):

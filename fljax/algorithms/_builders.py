@@ -278,7 +278,9 @@ def scaffold(
     :math:`(\Delta y_i, \Delta c_i = c_i^+ - c_i)`. The server sets
     :math:`x \leftarrow x + \eta_g \overline{\Delta y}` and
     :math:`c \leftarrow c + \frac{|S|}{N} \overline{\Delta c}`; clients not sampled keep their
-    :math:`c_i`. Means are unweighted as in the paper (``weighting="uniform"``). Option II
+    :math:`c_i`. Means are unweighted as in the paper (``weighting="uniform"``); with
+    ``weighting="num_examples"`` both means are weighted by :math:`n_i`, so :math:`c` stays
+    the same weighted mean of the :math:`c_i` as the model's update (FLamby's SCAFFOLD). Option II
     assumes plain local SGD, so the client optimizer is SGD without momentum.
 
     References:

@@ -32,13 +32,17 @@ def server_optimizer(optimizer: optax.GradientTransformation) -> Stage:
 
 
 def algorithm_finalize(server_finalize, num_clients: int) -> Stage:
-    """The algorithm's server state from the contributors' uploads (SCAFFOLD's ``c``: the
-    unweighted mean of ``delta c_i`` scaled by ``|S| / N``)."""
+    """The algorithm's server state from the contributors' uploads, averaged with the
+    model's aggregation weights (SCAFFOLD's ``c``: the mean of ``delta c_i`` scaled by
+    ``|S| / N``; unweighted as in the paper, or weighted by ``n_i`` with
+    ``weighting="num_examples"`` so that ``c`` stays the same weighted mean of the ``c_i``
+    as the model's update)."""
 
     def apply(state, ctx: RoundCtx):
         c = ctx.contributed.astype(jnp.float32)
+        w = jnp.where(ctx.contributed, ctx.weights, 0.0)
         algorithm_state = server_finalize(
-            state.algorithm_state, weighted_tree_mean(ctx.out.upload, c),
+            state.algorithm_state, weighted_tree_mean(ctx.out.upload, w),
             ctx.population(num_clients), jnp.sum(c),
         )
         return state._replace(algorithm_state=algorithm_state), ctx
