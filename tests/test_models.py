@@ -52,3 +52,35 @@ def test_torch_init_matches_pytorch_linear_default():
     assert abs(float(kernel.var()) - float(bound**2 / 3)) < 0.15 * float(bound**2 / 3)
     with pytest.raises(ValueError, match="init"):
         fljax.models.get("mlp", num_classes=2, init="xavier")
+
+
+def test_one_logit_logistic_is_sigmoid_bce():
+    """one_logit=True: params are nn.Linear(d, 1)'s; cross-entropy, its gradient and the
+    predicted class are those of sigmoid(w.x + b) with binary cross-entropy (NumPy)."""
+    import numpy as np
+
+    from fljax.client import batch_loss_fn
+
+    model = fljax.models.get("logistic", num_classes=2, init="torch", one_logit=True)
+    x = jax.random.normal(jax.random.key(1), (6, 5))
+    y = jnp.array([0, 1, 1, 0, 1, 0])
+    params = model.init(jax.random.key(0), x[:1])
+    assert jax.tree.map(jnp.shape, params) == {"Dense_0": {"bias": (1,), "kernel": (5, 1)}}
+    loss = batch_loss_fn("classification")
+
+    def f(p):
+        return loss(model.apply(p, x), y, jnp.ones(6, bool))
+
+    w, b = np.asarray(params["Dense_0"]["kernel"][:, 0]), float(params["Dense_0"]["bias"][0])
+    xn, yn = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    z = xn @ w + b
+    s = 1 / (1 + np.exp(-z))
+    bce = -np.mean(yn * np.log(s) + (1 - yn) * np.log(1 - s))
+    grad = jax.grad(f)(params)["Dense_0"]
+    np.testing.assert_allclose(float(f(params)), bce, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(grad["kernel"][:, 0]), xn.T @ (s - yn) / 6, atol=1e-6)
+    np.testing.assert_allclose(float(grad["bias"][0]), np.mean(s - yn), atol=1e-6)
+    pred = jnp.argmax(model.apply(params, x), -1)
+    np.testing.assert_array_equal(np.asarray(pred), (z > 0).astype(int))
+    with pytest.raises(ValueError, match="one_logit=True needs num_classes=2"):
+        fljax.models.get("logistic", num_classes=3, one_logit=True)

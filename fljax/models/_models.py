@@ -110,10 +110,14 @@ def _dense(features: int, fan_in: int, init: str) -> nn.Dense:
 class _Logistic(nn.Module):
     num_classes: int
     init_scheme: str = "lecun"
+    one_logit: bool = False
 
     @nn.compact
     def __call__(self, x):
         x = x.reshape((x.shape[0], -1))
+        if self.one_logit:  # binary: logits (0, z), softmax = (1 - sigmoid(z), sigmoid(z))
+            z = _dense(1, x.shape[-1], self.init_scheme)(x)
+            return jnp.concatenate([jnp.zeros_like(z), z], axis=-1)
         return _dense(self.num_classes, x.shape[-1], self.init_scheme)(x)
 
 
@@ -212,10 +216,20 @@ def _check_init(init):
     return init
 
 
-def logistic(num_classes: int, init: str = "lecun") -> Model:
+def logistic(num_classes: int, init: str = "lecun", one_logit: bool = False) -> Model:
     """Multinomial logistic regression (one output: linear regression or a linear Cox model):
-    one dense layer on flattened inputs. ``init``: ``"lecun"`` (Flax) or ``"torch"``."""
-    return from_linen(_Logistic(_check_classes(num_classes), _check_init(init)), "logistic")
+    one dense layer on flattened inputs. ``init``: ``"lecun"`` (Flax) or ``"torch"``.
+
+    ``one_logit=True`` (``num_classes=2`` only) is binary logistic regression as PyTorch
+    baselines write it, ``sigmoid(w.x + b)`` with one weight vector (FLamby's Fed-Heart-Disease
+    model, ``nn.Linear(d, 1)``): the model outputs the logits ``(0, z)``, whose softmax is
+    ``(1 - sigmoid(z), sigmoid(z))``, so the cross-entropy is the binary cross-entropy of
+    ``z``, its gradient in ``z`` is ``sigmoid(z) - y``, and the predicted class is ``z > 0``.
+    """
+    num_classes = _check_classes(num_classes)
+    if one_logit and num_classes != 2:
+        raise ValueError(f"one_logit=True needs num_classes=2 (binary), got {num_classes}")
+    return from_linen(_Logistic(num_classes, _check_init(init), bool(one_logit)), "logistic")
 
 
 def mlp(
