@@ -11,18 +11,20 @@ results files (``flamby/results/``, the columns of each row; the same values are
 42-46. Pooled training and Local i train one model with the pooled optimizer; every model is
 scored on each client's test set and on the pooled test set ("Pooled Test"). Heart disease is
 z-scored per site, except the pooled model and the pooled test set (pooled statistics), as in
-FLamby's dataset class.
+FLamby's dataset class. TCGA-BRCA's Cox loss is FLamby's ``BaselineLoss``: divided by the batch
+size, not by the number of events (``cox_normalize="batch"``).
 
-All models use PyTorch's ``nn.Linear`` initialisation (``init="torch"``), as FLamby's do; with
-FedOpt's tau = 1e-8 and v_0 = 0 the first server steps are sign steps of size ~3 eta, and the
-outcome on TCGA's unscaled covariates depends strongly on the initial weights.
+Initial weights (``--init``): ``flamby`` (the default) starts every method of seed s from
+FLamby's own model for that seed, ``torch.manual_seed(s)`` then ``nn.Linear`` (stored in
+``experiments/flamby_init.npz`` by ``experiments/flamby_init.py``); heart disease then uses
+FLamby's one-logit sigmoid model (``logistic(..., one_logit=True)``). ``fljax`` draws the same
+PyTorch-default distribution from the seed in JAX (heart disease with two logits).
 
-SCAFFOLD is run as the paper defines it (``SCAFFOLD``) and as FLamby's code does it
-(``flamby_scaffold``): no control variates; each local step uses the gradient minus
-``(x_t - y_i^{t-1}) / (K * s)``, where ``y_i^{t-1}`` is the client's local model at the end of
-its previous round; ``s = 1`` in the version of ``_local_train_with_correction`` we could read,
-``s = eta_l`` (``flamby_scaffold_lr``) if the newer call that passes the learning rate divides by
-it.
+SCAFFOLD: FLamby's code at the commit of its results (c0cc1b4) accumulates a per-client
+correction ``(x_t - y_i^{t-1}) / (eta_g eta_l K)`` and subtracts it from the gradient; with
+every client in every round this is the paper's ``c_i - c`` with means weighted by training
+size, i.e. fljax's ``scaffold`` with ``weighting="num_examples"``.
+``experiments/flamby_torch.py`` re-runs FLamby's TCGA-BRCA code path in PyTorch as a check.
 
 Two cyclic variants: ``Cyclic`` passes the model from site to site (one site per round, a fresh
 random order every cycle); ``flamby_cyclic`` mimics FLamby's code since May 2022, which keeps a
@@ -34,6 +36,7 @@ over clients of each client's own test metric, and the pooled test metric), writ
 FLamby's style (per-client bars per strategy), and ends with one JSON line.
 
     python experiments/flamby.py [--data-dir ../shared/data] [--out outputs/flamby]
+                                 [--init flamby|fljax]
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 import fljax
@@ -54,6 +58,8 @@ from fljax.data import ClientData
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = (42, 43, 44, 45, 46)
+INITS = ("flamby", "fljax")
+INIT_FILE = Path(__file__).resolve().parent / "flamby_init.npz"  # experiments/flamby_init.py
 FEDOPT = dict(beta1=0.9, beta2=0.999, tau=1e-8, initial_accumulator=0.0)  # FLamby's FedOpt
 
 SETUPS = {
@@ -99,37 +105,12 @@ FLAMBY_METHOD = {
     "FedAvg": "FedAvg100",
     "FedProx": "FedProx100",
     "SCAFFOLD": "Scaffold100",
-    "flamby_scaffold": "Scaffold100",
-    "flamby_scaffold_lr": "Scaffold100",
     "FedAdam": "FedAdam100",
     "FedYogi": "FedYogi100",
     "FedAdagrad": "FedAdagrad100",
     "Cyclic": "Cyclic100",
     "flamby_cyclic": "Cyclic100",
 }
-
-
-def flamby_scaffold(client_lr: float, batch: int, divide_by_lr: bool):
-    """FLamby's SCAFFOLD: FedAvg whose local gradient is g - (x_t - y_i^{t-1}) / (K s)."""
-    from fljax.algorithms._builders import tree_vdot
-
-    base = fljax.algorithms.get(
-        "fedavg", client_lr=client_lr, local_epochs=None, local_steps=100, batch_size=batch
-    )
-    scale = 1.0 / (100 * (client_lr if divide_by_lr else 1.0))
-
-    def correction(params, global_params, y_prev, server_state):
-        del server_state
-        corr = jax.tree.map(lambda g, y: scale * (g - y), global_params, y_prev)
-        return -tree_vdot(corr, params)  # gradient: g - corr
-
-    def finalize(ctx):
-        return ctx.local_params, ()  # remember this round's local model
-
-    name = "flamby_scaffold_lr" if divide_by_lr else "flamby_scaffold"
-    return base._replace(
-        name=name, regularizer=correction, client_state_init=lambda p: p, client_finalize=finalize
-    )
 
 
 def load_data(setup: dict, data_dir: Path):
@@ -169,9 +150,33 @@ def flamby_cyclic_turns(num_clients: int, rounds: int, seed: int) -> int:
     return turns
 
 
-def run_dataset(name: str, setup: dict, data_dir: Path, seeds=SEEDS) -> dict:
+def model_and_init(name: str, fed, init: str):
+    """FLamby's model and, per seed, the initial parameters every method of that seed starts
+    from: FLamby's own (``init="flamby"``: ``torch.manual_seed(seed)`` then ``nn.Linear``, from
+    ``flamby_init.npz``; heart disease as FLamby's one-logit sigmoid model) or fljax's draw of
+    the same distribution from the seed (``init="fljax"``; heart disease with two logits)."""
+    if init == "fljax":
+        model = fljax.models.get("logistic", num_classes=fed.num_classes, init="torch")
+        return model, lambda seed: model.init(jax.random.split(jax.random.key(seed))[0],
+                                              fed.sample())  # fmt: skip
+    if init != "flamby":
+        raise ValueError(f"init={init!r} is not one of {INITS}")
+    one_logit = fed.task == "classification"
+    model = fljax.models.get(
+        "logistic", num_classes=fed.num_classes, init="torch", one_logit=one_logit
+    )
+    stored = np.load(INIT_FILE)
+
+    def params(seed: int):
+        w, b = stored[f"{name}_{seed}_weight"], stored[f"{name}_{seed}_bias"]
+        return {"Dense_0": {"kernel": jnp.asarray(w.T), "bias": jnp.asarray(b)}}
+
+    return model, params
+
+
+def run_dataset(name: str, setup: dict, data_dir: Path, seeds=SEEDS, init: str = "flamby") -> dict:
     fed, fed_pooled, pooled_test = load_data(setup, data_dir)
-    model = fljax.models.get("logistic", num_classes=fed.num_classes, init="torch")
+    model, init_params = model_and_init(name, fed, init)
     metric = setup["metric"]
     scorer = jax.jit(evaluate_fn(model, fed.task, metrics=(metric,), loss_options=fed.loss_options))
     c, b, rounds = fed.num_clients, setup["batch"], setup["rounds"]
@@ -184,8 +189,9 @@ def run_dataset(name: str, setup: dict, data_dir: Path, seeds=SEEDS) -> dict:
 
     def train(algo, data, k, r, seed):
         return fljax.simulate(
-            algo, model, data, rounds=r, clients_per_round=k, seed=seed, eval_every=r
-        ).params
+            algo, model, data, rounds=r, clients_per_round=k, seed=seed, eval_every=r,
+            params=init_params(seed),
+        ).params  # fmt: skip
 
     out: dict = {}
 
@@ -203,10 +209,6 @@ def run_dataset(name: str, setup: dict, data_dir: Path, seeds=SEEDS) -> dict:
         for label, (algo_name, kw) in setup["strategies"].items():
             algo = fljax.algorithms.get(algo_name, **steps, **kw)
             record(label, seed, train(algo, fed, c, rounds, seed))
-        scaffold_lr = setup["strategies"]["SCAFFOLD"][1]["client_lr"]
-        for divide in (False, True):
-            algo = flamby_scaffold(scaffold_lr, b, divide)
-            record(algo.name, seed, train(algo, fed, c, rounds, seed))
         cyc = fljax.algorithms.get("cyclic", client_lr=setup["cyclic_lr"], shuffle=True, **steps)
         record("Cyclic", seed, train(cyc, fed, 1, rounds, seed))
         turns = flamby_cyclic_turns(c, rounds, seed)
@@ -214,7 +216,7 @@ def run_dataset(name: str, setup: dict, data_dir: Path, seeds=SEEDS) -> dict:
         if turns:
             params = train(local0, only_client(fed, 0), 1, turns, seed)
         else:  # FLamby returns client 0's untrained model
-            params = model.init(jax.random.split(jax.random.key(seed))[0], fed.sample())
+            params = init_params(seed)
         record("flamby_cyclic", seed, params)
         print(f"  {name} seed {seed} done", flush=True)
     return out
@@ -248,6 +250,18 @@ def summary(runs: list[dict]) -> dict:
         "pooled": [float(np.mean(pooled)), float(np.std(pooled, ddof=ddof))],
         "per_client": np.nanmean([r["clients"] for r in runs], axis=0).tolist(),
     }
+
+
+def identical(runs: list[dict], ref: list[dict]) -> list[int]:
+    """[cells equal to FLamby's published value, cells]: per seed, each client's test metric
+    and the pooled one (equal: within 1e-6)."""
+    same = total = 0
+    for r in runs:
+        f = ref[SEEDS.index(r["seed"])]
+        ours, theirs = [*r["clients"], r["pooled"]], [*f["clients"], f["pooled"]]
+        same += sum(abs(a - b) < 1e-6 for a, b in zip(ours, theirs, strict=True))
+        total += len(ours)
+    return [same, total]
 
 
 def within(ours: list[float], theirs: list[float]) -> bool:
@@ -307,6 +321,10 @@ def main(argv=None):
     p.add_argument("--out", type=Path, default=Path("outputs/flamby"))
     p.add_argument("--datasets", nargs="+", default=list(SETUPS), choices=list(SETUPS))
     p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    p.add_argument(
+        "--init", default="flamby", choices=INITS,
+        help="initial weights: FLamby's own per seed (flamby_init.npz) or fljax's draw",
+    )  # fmt: skip
     args = p.parse_args(argv)
     fljax.set_host_device_count()
     jax.config.update("jax_compilation_cache_dir", str(ROOT / ".jax_cache"))
@@ -316,7 +334,7 @@ def main(argv=None):
     tables, figures = {}, {}
     for name in args.datasets:
         setup = SETUPS[name]
-        runs = run_dataset(name, setup, args.data_dir, args.seeds)
+        runs = run_dataset(name, setup, args.data_dir, args.seeds, args.init)
         ref = flamby_reference(setup["flamby"], args.data_dir)
         table = {}
         for strategy, rs in runs.items():
@@ -324,6 +342,8 @@ def main(argv=None):
             flamby_name = FLAMBY_METHOD.get(strategy, strategy)
             theirs = summary(ref[flamby_name]) if flamby_name in ref else None
             table[strategy] = {"fljax": ours, "flamby": theirs}
+            if theirs is not None:
+                table[strategy]["identical"] = identical(rs, ref[flamby_name])
         tables[name] = table
         figures[name] = {
             s: {"client_mean": t["fljax"]["client_mean"], "pooled": t["fljax"]["pooled"]}
@@ -331,11 +351,12 @@ def main(argv=None):
         }
         print(
             f"\n{name} ({setup['metric']}), mean +- std over seeds {args.seeds}; FLamby: "
-            f"seeds {SEEDS[0]}-{SEEDS[-1]}; ok = within max(2 FLamby std, 0.02)"
+            f"seeds {SEEDS[0]}-{SEEDS[-1]}; ok = within max(2 FLamby std, 0.02); same = "
+            "per-seed cells (client tests, pooled) equal to FLamby's"
         )
         print(
             f"{'strategy':14s} {'fljax client mean':>19s} {'FLamby':>17s} ok  "
-            f"{'fljax pooled':>17s} {'FLamby':>17s} ok"
+            f"{'fljax pooled':>17s} {'FLamby':>17s} ok  same"
         )
         for strategy, t in table.items():
             o, f = t["fljax"], t["flamby"]
@@ -353,7 +374,8 @@ def main(argv=None):
             ok_p = "yes" if within(o["pooled"], f["pooled"]) else "NO"
             print(
                 f"{strategy:14s} {cell(o['client_mean']):>19s} {cell(f['client_mean']):>17s} "
-                f"{ok_c:3s} {cell(o['pooled']):>17s} {cell(f['pooled']):>17s} {ok_p}"
+                f"{ok_c:3s} {cell(o['pooled']):>17s} {cell(f['pooled']):>17s} {ok_p:3s} "
+                f"{t['identical'][0]}/{t['identical'][1]}"
             )
     plot(tables, args.out)
     (args.out / "flamby_tables.json").write_text(json.dumps(tables, indent=1))
