@@ -6,8 +6,8 @@ import pytest
 
 from tests.golden import cases
 
-# Cases whose summation order changed by design, with the tolerance and the reason; every
-# other case is reproduced bit for bit.
+# Cases whose summation order changed by design, or whose float noise depends on the CPU, with
+# the tolerance and the reason; every other case is reproduced bit for bit.
 _MESH = (
     "seeds= / sweep= used to switch the device mesh off; they now run on the ('runs', "
     "'clients') mesh, so the cohort's weighted sum is a cross-device reduction whose order "
@@ -17,10 +17,17 @@ _STREAM = (
     "FedNova now has partial sums (fljax.Linear) and streams through the chunks like the "
     "weighted mean, where it used to run dense chunks: its sum is accumulated chunk by chunk"
 )
+_BN_NOISE = (
+    "the dense biases right before batch norm have zero gradient in exact arithmetic; their "
+    "float noise (~1e-9) depends on the CPU's vector width (this case, recorded on one CPU, "
+    "differs on an AVX-512 AMD EPYC with the same jax/jaxlib 0.10.2) and grows through "
+    "batch norm over 3 rounds: up to 7e-5 relative in the test losses and weights"
+)
 TOLERANCE: dict[str, tuple[float, str]] = {
     "seeds": (1e-6, _MESH),
     "sweep_seeds": (1e-6, _MESH),
     "chunked_fednova": (1e-6, _STREAM),
+    "fedbn": (2e-4, _BN_NOISE),
 }
 
 
