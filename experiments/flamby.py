@@ -254,9 +254,11 @@ def summary(runs: list[dict]) -> dict:
 
 def identical(runs: list[dict], ref: list[dict]) -> list[int]:
     """[cells equal to FLamby's published value, cells]: per seed, each client's test metric
-    and the pooled one (equal: within 1e-6)."""
+    and the pooled one (equal: within 1e-6), over the runs whose seed FLamby published."""
     same = total = 0
     for r in runs:
+        if r["seed"] not in SEEDS:
+            continue
         f = ref[SEEDS.index(r["seed"])]
         ours, theirs = [*r["clients"], r["pooled"]], [*f["clients"], f["pooled"]]
         same += sum(abs(a - b) < 1e-6 for a, b in zip(ours, theirs, strict=True))
@@ -326,6 +328,9 @@ def main(argv=None):
         help="initial weights: FLamby's own per seed (flamby_init.npz) or fljax's draw",
     )  # fmt: skip
     args = p.parse_args(argv)
+    if args.init == "flamby" and not set(args.seeds) <= set(SEEDS):
+        p.error(f"--init flamby: FLamby's weights exist for seeds {list(SEEDS)} only, got "
+                f"--seeds {args.seeds} (--init fljax draws any seed)")  # fmt: skip
     fljax.set_host_device_count()
     jax.config.update("jax_compilation_cache_dir", str(ROOT / ".jax_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)

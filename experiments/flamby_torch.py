@@ -232,6 +232,8 @@ def main(argv=None) -> int:
     p.add_argument("--locals", action="store_true",
                    help="also FLamby's Local i baselines (Adam 0.1, 30 epochs)")  # fmt: skip
     args = p.parse_args(argv)
+    if not set(args.seeds) <= set(fl.SEEDS):
+        p.error(f"--seeds: FLamby published seeds {list(fl.SEEDS)}, got {args.seeds}")
     torch.set_num_threads(1)
     options = dict(normalize=args.cox_normalize, restart=args.restart_each_round)
     fed, _, pooled_test = fl.load_data(SETUP, args.data_dir)
