@@ -6,6 +6,7 @@
 # Each creates .venv (Python >= 3.11) and installs what it needs on first use.
 #   make run ARGS="algorithm=fedprox rounds=20"   fljax-run with overrides
 #   make notebooks                                 Jupyter Lab on notebooks/ (notebooks extra)
+#   make docs                                      the documentation site into site/
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -14,7 +15,7 @@ STAMP   = $(VENV)/.installed-dev
 RUNTIME = $(VENV)/.installed-run
 ARGS   ?=
 
-.PHONY: demo run notebooks test lint bench peers clean chromium
+.PHONY: demo run notebooks test lint docs bench peers clean chromium
 
 $(VENV)/bin/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "fljax needs Python >= 3.11"'
@@ -41,6 +42,10 @@ notebooks: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+docs: $(STAMP)  # the documentation site into site/ (strict: any warning fails; no network)
+	$(BIN)/python tools/api_docs.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 chromium:  # Debian's package; without root or apt the browser test skips and says why
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \

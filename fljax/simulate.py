@@ -158,15 +158,18 @@ def simulate(
     Every argument is explained in full in :class:`fljax.engine.RunArgs`.
 
     Args:
-        algorithm, model, data: from ``fljax.algorithms.get``, ``fljax.models.get``,
-            ``fljax.data.load``.
-        rounds: total rounds; ``clients_per_round``: ``K`` sampled uniformly without
-            replacement (the next ``K`` of the cycle in cyclic mode; ignored by centralized).
+        algorithm: from ``fljax.algorithms.get``.
+        model: from ``fljax.models.get``.
+        data: from ``fljax.data.load``.
+        rounds: total rounds.
+        clients_per_round: ``K`` sampled uniformly without replacement (the next ``K`` of the
+            cycle in cyclic mode; ignored by centralized).
         seed: the one seed every random choice derives from (bit-identical reruns).
         eval_every: rounds per compiled block; evaluation at round 0 and after each block.
         params: initial global parameters (warm start); default ``model.init``.
-        stragglers, straggler_policy: FedProx's stragglers: a fraction of the cohort is
-            dropped (``"drop"``) or sends 1..E-1 epochs of work (``"partial"``).
+        stragglers: FedProx's stragglers: the fraction of the cohort that straggles.
+        straggler_policy: stragglers are dropped (``"drop"``) or send 1..E-1 epochs of work
+            (``"partial"``).
         eval_train: also evaluate on every client's training split.
         compression: an uplink :class:`fljax.compress.Compressor` (last in the client chain).
         downlink: a compressor for the broadcast (clients train from their copy ``x_hat``).
@@ -176,16 +179,18 @@ def simulate(
             secure sum; history entries carry ``secagg``.
         system: a :class:`fljax.system.SystemModel`: availability, selection rules, a
             simulated clock and deadlines; history entries carry ``sim_time_s``.
-        checkpoint_dir, resume: save the state at every evaluation; continue from it.
-        devices: devices for the client axis (default: all local devices); ``progress``: a bar.
+        checkpoint_dir: save the state here at every evaluation.
+        resume: continue from the checkpoint in ``checkpoint_dir``.
+        devices: devices for the client axis (default: all local devices).
+        progress: a progress bar.
         callbacks: called with each history entry as soon as it exists.
         seeds: one run per seed as ONE compiled program (a list of results).
         sweep: ``{"client_lr": [...]}``: float hyperparameters varied inside the program.
         client_chunk: train the cohort this many clients at a time (bounded memory).
         client_map: ``"vmap"``, ``"device_vmap"``, ``"sequential"`` or ``"auto"`` (the fastest,
             timed on the first round): how clients are mapped (same result up to rounding).
-        aggregator, attack: a robust aggregator (``fljax.aggregate.get``) replacing the
-            weighted mean; poisoning by malicious clients (``fljax.attacks.get``).
+        aggregator: a robust aggregator (``fljax.aggregate.get``) replacing the weighted mean.
+        attack: poisoning by malicious clients (``fljax.attacks.get``).
         reject_norm: non-finite updates are dropped and counted (``"rejected"``); so are these.
         subsets: ``[C]`` masks, one counterfactual federation each (crossed with seeds).
 

@@ -177,7 +177,7 @@ def game(
     seeds: Sequence[int] = (0,),
     metric: str | None = None,
     chunk: int = 128,
-    **simulate_options,
+    **simulate_options: Any,
 ) -> Game:
     """The game ``v(S)`` = ``metric`` on ``validation`` of the global model that the sites
     ``S`` train with ``algorithm`` for ``rounds`` rounds (one run per seed).
@@ -191,7 +191,7 @@ def game(
         metric: a metric of the task (default its first, e.g. ``accuracy``) or ``"loss"`` (the
             task's loss); with a lower-is-better metric the utility is its negative.
         chunk: coalition x seed runs per compiled program (memory bound).
-        simulate_options: passed on to :func:`fljax.simulate` (``params``, ``compression``,
+        **simulate_options: passed on to :func:`fljax.simulate` (``params``, ``compression``,
             ``client_map``, ...), the same for every coalition.
     """
     from fljax.engine._runs import check_seeds

@@ -142,12 +142,14 @@ def gtg_shapley(
     full participation, per training seed (Liu et al., 2022, Algorithm 1).
 
     Args:
-        validation, metric: the utility (as for :func:`fljax.valuation.game`).
+        validation: the utility's test split (as for :func:`fljax.valuation.game`).
+        metric: the utility's metric (as for :func:`fljax.valuation.game`).
         between: a round whose utility moves by less than this is skipped (value 0).
         within: a permutation stops once its prefix is within this of the round's utility.
-        max_permutations, convergence: per round, guided permutations (``n`` per batch)
-            until the running values move by less than ``convergence`` (relative, over the
-            last 4 batches) or ``max_permutations``.
+        max_permutations: per round, at most this many guided permutations (``n`` per
+            batch).
+        convergence: per round, permutations stop once the running values move by less
+            than this (relative, over the last 4 batches).
         seed: the permutation sampler's seed; ``seeds``: the training runs.
     """
     _check_gtg(algorithm, simulate_options)
