@@ -10,7 +10,7 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 SNIPPETS = [
     pytest.param(code, id=f"{page.name}:{n}")
-    for page in sorted(DOCS.glob("*.md"))
+    for page in sorted([*DOCS.glob("*.md"), *DOCS.glob("guides/*.md")])
     for n, code in enumerate(BLOCK.findall(page.read_text()))
 ]
 
