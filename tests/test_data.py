@@ -190,6 +190,10 @@ def test_labels_the_task_would_change_are_refused_naming_the_client():
     for kw, ys, match in cases:
         with pytest.raises(ValueError, match=match):
             fljax.data.from_client_arrays(x, ys, x, ys, **kw)
+    # as many labels as feature rows, per client and split
+    short = [np.array([0, 1, 0]), np.array([1, 0])]
+    with pytest.raises(ValueError, match="test client 1: 3 rows of features but 2 labels"):
+        fljax.data.from_client_arrays(x, [np.array([0, 1, 0])] * 2, x, short)
 
 
 def test_silent_conversions_are_refused():

@@ -263,6 +263,15 @@ def standardize_clients(
     return out_train, out_test
 
 
+def _check_rows(xs: Sequence[np.ndarray], ys: Sequence[np.ndarray], split: str) -> None:
+    """Refuses a client whose features and labels have different numbers of rows (the
+    stacking would pair examples with the wrong labels or pad them silently)."""
+    for c, (x, y) in enumerate(zip(xs, ys, strict=True)):
+        if len(x) != len(y):
+            raise ValueError(f"{split} client {c}: {len(x)} rows of features but {len(y)} "
+                             "labels; each example needs one label")  # fmt: skip
+
+
 def _check_labels(ys: Sequence[np.ndarray], split: str, task: str,
                   num_classes: int | None) -> None:  # fmt: skip
     """Refuses labels that the task's dtype would silently change: non-integer or negative
@@ -326,7 +335,8 @@ def from_client_arrays(
         raise ValueError(
             "train_xs, train_ys, test_xs, test_ys must be non-empty, equal-length lists"
         )
-    for split, ys in (("train", train_ys), ("test", test_ys)):
+    for split, xs, ys in (("train", train_xs, train_ys), ("test", test_xs, test_ys)):
+        _check_rows(xs, ys, split)
         _check_labels(ys, split, task, num_classes)
     y_dtype = np.int32 if task == "classification" else np.float32
     if num_classes is None:
@@ -356,7 +366,8 @@ def _hosted_from_arrays(train_xs, train_ys, test_xs, test_ys, hosted, *, task, n
         raise ValueError("num_classes must be given with hosted (not every label is here)")
     if not len(train_xs) == len(train_ys) == len(test_xs) == len(test_ys) == len(rows):
         raise ValueError(f"hosted: clients {rows} hosted but {len(train_xs)} arrays given")
-    for split, ys in (("train", train_ys), ("test", test_ys)):
+    for split, xs, ys in (("train", train_xs, train_ys), ("test", test_xs, test_ys)):
+        _check_rows(xs, ys, split)
         _check_labels(ys, split, task, num_classes)
     y_dtype = np.int32 if task == "classification" else np.float32
 
