@@ -162,23 +162,18 @@ def simulate(
         model: from ``fljax.models.get``.
         data: from ``fljax.data.load``.
         rounds: total rounds.
-        clients_per_round: ``K`` sampled uniformly without replacement (the next ``K`` of the
-            cycle in cyclic mode; ignored by centralized).
+        clients_per_round: ``K``, sampled uniformly without replacement (cyclic: the next K).
         seed: the one seed every random choice derives from (bit-identical reruns).
         eval_every: rounds per compiled block; evaluation at round 0 and after each block.
         params: initial global parameters (warm start); default ``model.init``.
         stragglers: FedProx's stragglers: the fraction of the cohort that straggles.
-        straggler_policy: stragglers are dropped (``"drop"``) or send 1..E-1 epochs of work
-            (``"partial"``).
+        straggler_policy: ``"drop"`` stragglers or keep their 1..E-1 epochs (``"partial"``).
         eval_train: also evaluate on every client's training split.
         compression: an uplink :class:`fljax.compress.Compressor` (last in the client chain).
         downlink: a compressor for the broadcast (clients train from their copy ``x_hat``).
-        privacy: a :class:`fljax.privacy.Privacy` (client-level, local or record-level DP);
-            history entries carry ``epsilon`` and ``privacy``.
-        secure_aggregation: a :class:`fljax.privacy.SecAgg`: the server's sum is a simulated
-            secure sum; history entries carry ``secagg``.
-        system: a :class:`fljax.system.SystemModel`: availability, selection rules, a
-            simulated clock and deadlines; history entries carry ``sim_time_s``.
+        privacy: a :class:`fljax.privacy.Privacy` (client, local or record DP); see ``epsilon``.
+        secure_aggregation: a :class:`fljax.privacy.SecAgg` (simulated secure sum; ``secagg``).
+        system: a :class:`fljax.system.SystemModel` (availability, clock; ``sim_time_s``).
         checkpoint_dir: save the state here at every evaluation.
         resume: continue from the checkpoint in ``checkpoint_dir``.
         devices: devices for the client axis (default: all local devices).
@@ -187,8 +182,7 @@ def simulate(
         seeds: one run per seed as ONE compiled program (a list of results).
         sweep: ``{"client_lr": [...]}``: float hyperparameters varied inside the program.
         client_chunk: train the cohort this many clients at a time (bounded memory).
-        client_map: ``"vmap"``, ``"device_vmap"``, ``"sequential"`` or ``"auto"`` (the fastest,
-            timed on the first round): how clients are mapped (same result up to rounding).
+        client_map: ``"vmap"``, ``"device_vmap"``, ``"sequential"`` or ``"auto"`` (the fastest).
         aggregator: a robust aggregator (``fljax.aggregate.get``) replacing the weighted mean.
         attack: poisoning by malicious clients (``fljax.attacks.get``).
         reject_norm: non-finite updates are dropped and counted (``"rejected"``); so are these.
