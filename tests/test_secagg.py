@@ -92,8 +92,20 @@ def test_overflow_is_refused_naming_the_setting():
         P.get("secagg_plus", degree=3)
 
 
+@pytest.mark.parametrize("k", [3, 4, 5, 6, 8])
+def test_secagg_plus_is_exact_for_every_small_cohort(k):
+    """The default Harary degree 2 ceil(log2 K) is capped at K - 1, odd for an even K (K = 4,
+    6): that graph must be the complete one (a ring with one column short summed one mask
+    twice: the sum was off by whole ring elements)."""
+    secagg = P.get("secagg_plus")
+    enc, included, ids = _ring_case(k, secagg, k=k)
+    ring_sum, _, _ = P.secure_ring_sum(enc, included, ids, jax.random.key(k), secagg)
+    expected = enc[included].astype(np.uint64).sum(0) % (2**secagg.bits)
+    np.testing.assert_array_equal(np.asarray(ring_sum, np.uint64), expected)
+
+
 def test_harary_graph_is_symmetric_and_regular():
-    for k, deg in ((10, 4), (33, 6), (7, 6)):
+    for k, deg in ((10, 4), (33, 6), (7, 6), (6, 5), (4, 3)):
         nbr = np.asarray(P.neighbours(jax.random.key(k), k, deg, "harary"))
         assert nbr.shape == (k, deg)
         for i in range(k):

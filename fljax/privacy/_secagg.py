@@ -131,9 +131,10 @@ def decode(s: jax.Array, scale: jax.Array, bits: int) -> jax.Array:
 
 def neighbours(key: jax.Array, num_clients: int, degree: int, graph: str) -> jax.Array:
     """``nbr[K, degree]``: cohort slots adjacent to each slot. Complete: every other slot.
-    Harary ``H(K, k)``: slots on a random ring, each linked to ``k / 2`` on either side."""
+    Harary ``H(K, k)``: slots on a random ring, each linked to ``k / 2`` on either side; a
+    degree of ``K - 1`` (odd when ``K`` is even) is the complete graph."""
     k = num_clients
-    if graph == "complete":
+    if graph == "complete" or degree >= k - 1:
         offsets = jnp.arange(1, k)
         return (jnp.arange(k)[:, None] + offsets[None, :]) % k
     half = degree // 2
