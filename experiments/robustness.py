@@ -18,8 +18,8 @@ JSON line.
 What the papers lead one to expect (Karimireddy, He and Jaggi 2022, Table 1 / Fig. 2;
 Baruch et al. 2019; Shejwalkar and Houmansadr 2021): ALIE and Min-Max, which hide inside the
 spread of the benign updates, break Krum and the coordinate-wise median under non-IID data;
-centered clipping with bucketing holds best. See the README for the measured matrix and where
-it differs.
+centered clipping with bucketing holds best. See docs/reproductions/robustness.md for the
+measured matrix and where it differs.
 """
 
 from __future__ import annotations

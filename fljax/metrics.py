@@ -220,9 +220,13 @@ CLASSIFICATION: dict[str, Callable] = {
     "auprc": auprc,
     "ece": ece,
 }
+"""Metric name -> function for classification tasks."""
 REGRESSION: dict[str, Callable] = {"mse": mse, "mae": mae}
+"""Metric name -> function for regression tasks."""
 SURVIVAL: dict[str, Callable] = {"c_index": c_index}
+"""Metric name -> function for survival tasks."""
 BINARY_ONLY = ("sensitivity", "specificity", "auroc", "auprc")
+"""Metrics defined for binary classification only."""
 HIGHER_IS_BETTER = {
     "loss": False,
     "accuracy": True,
@@ -236,11 +240,13 @@ HIGHER_IS_BETTER = {
     "mae": False,
     "c_index": True,
 }
+"""Metric name -> whether a higher value is better (for worst-site and best-setting choices)."""
 DEFAULT_METRICS = {
     "classification": ("accuracy",),
     "regression": ("mse",),
     "survival": ("c_index",),
 }
+"""Task -> the metrics a dataset reports unless it names its own."""
 
 
 def registry(task: str) -> dict[str, Callable]:

@@ -1,6 +1,6 @@
-"""Every ``fljax-run`` command line in the README composes and passes every check a real run
-makes (``dry_run``: the components are built and the engine's rules applied, nothing trains),
-so a README command can never go stale unnoticed."""
+"""Every ``fljax-run`` command line in the README and the documentation pages composes and
+passes every check a real run makes (``dry_run``: the components are built and the engine's
+rules applied, nothing trains), so a documented command can never go stale unnoticed."""
 
 import itertools
 import re
@@ -12,7 +12,8 @@ from hydra import compose, initialize_config_dir
 
 from fljax.run import CONF_DIR, check
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 # Lines whose checks need what a test machine lacks, each with the reason.
 NEEDS = {
     "pneumonia_mnist": "a TensorFlow Datasets download",
@@ -22,17 +23,18 @@ NEEDS = {
 
 
 def _commands() -> list[str]:
-    """The ``fljax-run`` lines of the README's bash blocks (continuations joined); an
-    ``fljax-launch ... -- <overrides>`` line counts as ``fljax-run <overrides>``."""
-    text = README.read_text()
+    """The ``fljax-run`` lines of the README's and the docs' bash blocks (continuations
+    joined; each line once); an ``fljax-launch ... -- <overrides>`` line counts as
+    ``fljax-run <overrides>``."""
+    text = "\n".join(page.read_text() for page in PAGES)
     blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
     lines = " ".join(b.replace("\\\n", " ") for b in blocks).replace("\n", " \n ").split("\n")
     out = []
     for line in lines:
-        line = line.split(" #")[0].strip()
+        line = " ".join(line.split(" #")[0].split())
         if line.startswith("fljax-launch") and " -- " in line:
             line = "fljax-run " + line.split(" -- ", 1)[1]
-        if line.startswith("fljax-run"):
+        if line.startswith("fljax-run") and line not in out:
             out.append(line)
     return out
 

@@ -84,6 +84,9 @@ def fednova(momentum: float = 0.0, prox_mu: float = 0.0, client_lr: float = 1.0)
 
 
 class FedDynState(NamedTuple):
+    """The server state of :func:`feddyn`: ``h``, its correction term h^t (Acar et al. 2021,
+    Algorithm 1), updated by the clients' mean drift each round."""
+
     h: Any  # server state h^t, like params
 
 

@@ -18,6 +18,8 @@ WEIGHTINGS = ("num_examples", "uniform")
 
 
 MODES = ("federated", "cyclic", "centralized", "local", "async")
+"""How an algorithm trains: federated rounds, a model passed site to site (cyclic), pooled data
+(centralized), each site alone (local) or asynchronous updates."""
 
 
 class Personal(NamedTuple):

@@ -178,6 +178,9 @@ def sign() -> Compressor:
 
 
 class PowerSGDState(NamedTuple):
+    """A client's PowerSGD state: the right factor ``Q`` of each leaf, warm-starting the next
+    round's power iteration (Vogels et al. 2019)."""
+
     q: tuple  # per leaf: [m, r] right factor carried to the next round (warm start), or ()
 
 
@@ -280,6 +283,9 @@ def selective(shared: str = ".*") -> Compressor:
 
 
 class ErrorFeedbackState(NamedTuple):
+    """A client's error-feedback state: the ``residual`` compression has dropped so far, added
+    to its next update before compressing."""
+
     residual: Any  # like params: what compression dropped so far (per client)
 
 

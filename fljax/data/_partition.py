@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 PARTITIONS = ("iid", "dirichlet", "shards", "quantity_skew", "natural")
+"""The partitioners ``load(..., partition=...)`` accepts."""
 SIZE_DISTRIBUTIONS = ("lognormal", "power_law")
 
 

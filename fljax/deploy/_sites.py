@@ -18,6 +18,8 @@ import numpy as np
 from fljax.data._medical import HEART_SITE_NAMES, HEART_SITES, _flamby_zscore, heart_split
 
 SITE_FORMATS = ("heart_disease", "npz")
+"""The file formats a SuperNode's ``data-path`` may hold: one Fed-Heart-Disease hospital file, or
+an ``.npz`` of a site's arrays."""
 
 
 class SiteData(NamedTuple):

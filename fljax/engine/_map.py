@@ -22,6 +22,8 @@ PyTree = Any
 
 
 CLIENT_MAPS = ("vmap", "device_vmap", "sequential")
+"""How a round maps local training over its cohort (``simulate(client_map=...)``; ``"auto"``
+times each)."""
 
 
 class ClientMap(NamedTuple):

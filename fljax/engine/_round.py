@@ -266,6 +266,7 @@ def asynchronous(r: RoundSpec) -> list[Stage]:
 
 MODES = {"federated": synchronous, "centralized": synchronous, "cyclic": cyclic,
          "local": local, "async": asynchronous}  # fmt: skip
+"""The stage list that builds each mode's round (see the round engine page)."""
 
 
 def build_round(

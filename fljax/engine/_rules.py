@@ -261,6 +261,8 @@ RULES: tuple[Rule, ...] = (
          lambda s: f"candidates must be in [clients_per_round={s.clients_per_round}, "
                    f"num_clients={s.data.num_clients}], got {s.system.candidates}"),
 )  # fmt: skip
+"""The requirement table: every check a configuration must pass before compiling, with the reason
+shown when it fails."""
 
 
 def check(setup: Setup) -> None:

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 
 CONV_IMPLS = ("dot", "xla")
+"""Convolution implementations: ``"dot"`` (patches times kernel, fast under ``vmap`` and in
+loops) and ``"xla"`` (``lax.conv``)."""
 
 
 def _check_impl(impl: str) -> str:

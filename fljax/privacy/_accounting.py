@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     import dp_accounting
 
 ACCOUNTANTS = ("rdp", "pld")
+"""The privacy accountants of dp-accounting fljax uses: Renyi DP or privacy loss distributions."""
 SAMPLINGS = ("poisson", "fixed")
 ADD_REMOVE = "add_remove"
 REPLACE_ONE = "replace_one"

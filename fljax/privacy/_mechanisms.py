@@ -30,6 +30,8 @@ from fljax.privacy import _accounting as acc
 from fljax.privacy._secagg import SecAgg, secagg, secagg_plus
 
 LEVELS = ("client", "local", "record")
+"""The unit a DP guarantee protects: a client's whole data, a client's update (local DP), or one
+record."""
 
 
 class AdaptiveClipping(NamedTuple):

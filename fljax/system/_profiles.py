@@ -21,7 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 
 DEADLINE_POLICIES = ("drop", "partial")
+"""What happens to a client that misses the deadline: its update is dropped, or it sends the
+local steps that fit."""
 SELECTIONS = ("uniform", "poisson", "available", "fastest", "feasible", "power_of_choice", "oort")
+"""The client selection rules ``system(selection=...)`` accepts."""
 
 
 class DeviceProfiles(NamedTuple):

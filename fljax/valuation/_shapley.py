@@ -13,6 +13,7 @@ import numpy as np
 from fljax.valuation._game import Game
 
 EXACT_MAX_SITES = 12  # 4,096 coalitions per seed
+"""The most sites exact Shapley values enumerate (2^n coalitions per seed)."""
 
 
 @dataclasses.dataclass

@@ -1,0 +1,119 @@
+"""A griffe extension for the API reference: renders the Sphinx roles of fljax's docstrings.
+
+The docstrings are Google style with reStructuredText roles (the house style, read as-is by
+``help()`` and IDEs). In the site:
+
+- ``:func:`name```, ``:class:``, ``:meth:``, ``:attr:``, ``:data:``, ``:obj:``, ``:mod:``
+  become links to the name's entry in the API reference when the name (as written, or
+  relative to the documenting module's public package) is an exported name
+  (``tools/api_docs.py``), else inline code (modules too: a module has a page, not an
+  entry). A link whose target is missing fails the strict build, so only targets known to
+  exist are linked.
+- ``:math:`tex``` becomes MathML (``latex2mathml``), which browsers render natively: no
+  script, no network; a formula it cannot convert stays as inline code.
+
+A name built by a factory (``fedadam = _fedopt_builder("adam")``) has no docstring in the
+source griffe reads; its entry gets the runtime ``__doc__`` the factory set.
+
+Loaded by ``mkdocs.yml`` (mkdocstrings' ``extensions``); ``tests/test_docs.py`` checks that no
+role is left in the built pages.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import griffe
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import api_docs  # noqa: E402
+
+ROLE = re.compile(r":(func|class|meth|attr|data|obj|mod|math):`([^`]+)`")
+DOCUMENTED = {f"{m}.{n}" for m in api_docs.MODULES for n in api_docs.exported(m)}
+
+
+def public_package(path: str) -> str:
+    """``fljax.aggregate._mean.weighted_mean`` -> ``fljax.aggregate`` (up to the first private
+    component, objects dropped)."""
+    parts = []
+    for part in path.split("."):
+        if part.startswith("_"):
+            break
+        parts.append(part)
+    while parts and ".".join(parts) not in api_docs.MODULES:  # fljax.metrics: a module
+        parts.pop()
+    return ".".join(parts) or "fljax"
+
+
+def resolve(name: str, where: str) -> str | None:
+    """The documented identifier ``name`` refers to from the object at ``where``, or None."""
+    if name in DOCUMENTED:
+        return name
+    head, _, rest = name.partition(".")
+    for package in (public_package(where), "fljax"):
+        if f"{package}.{head}" in DOCUMENTED:
+            return f"{package}.{name}" if not rest else None
+    matches = sorted(d for d in DOCUMENTED if d.endswith("." + name))
+    return matches[0] if len(matches) == 1 else None
+
+
+def math(tex: str) -> str:
+    from latex2mathml.converter import convert
+
+    try:  # in a span: Python-Markdown takes a line that starts with <math> for an HTML block
+        return f'<span class="math">{convert(tex)}</span>'
+    except Exception:  # noqa: BLE001 -- an unsupported macro: show the source instead
+        return f"`{tex}`"
+
+
+def render(text: str, where: str) -> str:
+    """``text`` with every role replaced (see the module docstring)."""
+
+    def one(match: re.Match) -> str:
+        role, body = match.groups()
+        if role == "math":
+            return math(body)
+        name = body.lstrip("~").removesuffix("()")
+        shown = name.rsplit(".", 1)[-1] if body.startswith("~") else name
+        target = resolve(name, where)
+        return f"[`{shown}`][{target}]" if target else f"`{shown}`"
+
+    return ROLE.sub(one, text)
+
+
+def runtime_docstrings(pkg: griffe.Module) -> list[str]:
+    """Gives every exported name of ``pkg`` without a source docstring its runtime
+    ``__doc__`` (roles rendered); returns the names still without one."""
+    missing = []
+    for module in api_docs.MODULES:
+        if module.split(".")[0] != pkg.path:
+            continue
+        node = pkg if module == pkg.path else pkg[module.removeprefix(pkg.path + ".")]
+        for name in api_docs.exported(module):
+            target = node[name].final_target if node[name].is_alias else node[name]
+            if target.docstring is not None and target.docstring.value.strip():
+                continue
+            value = getattr(importlib.import_module(module), name)
+            doc = inspect.getdoc(value) if callable(value) else None
+            if doc and doc != inspect.getdoc(type(value)):
+                target.docstring = griffe.Docstring(render(doc, target.path), parent=target)
+            else:
+                missing.append(f"{module}.{name}")
+    return missing
+
+
+class SphinxRoles(griffe.Extension):
+    """Rewrites each docstring's roles when griffe creates the object, and fills factory-built
+    names' docstrings once the package is loaded."""
+
+    def on_instance(self, *, obj: griffe.Object, **kwargs: Any) -> None:
+        if obj.docstring is not None and ":" in obj.docstring.value:
+            obj.docstring.value = render(obj.docstring.value, obj.path)
+
+    def on_package(self, *, pkg: griffe.Module, **kwargs: Any) -> None:
+        runtime_docstrings(pkg)
