@@ -88,6 +88,8 @@ def test_docstring_roles_are_rendered(site):
     aggregate = (site / "api" / "aggregate.html").read_text()
     links = re.findall(r'<a class="autorefs autorefs-internal"[^>]* href="([^"]+)"', aggregate)
     assert "fljax.html#fljax.simulate" in links  # ":func:`fljax.simulate`", linked
+    algorithms = (site / "api" / "algorithms.html").read_text()
+    assert "_fedopt_builder" not in algorithms  # factory-built: a signature, not the call
 
 
 def test_every_guide_has_an_example_and_every_notebook_is_rendered(site):

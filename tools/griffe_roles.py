@@ -100,11 +100,38 @@ def runtime_docstrings(pkg: griffe.Module) -> list[str]:
                 continue
             value = getattr(importlib.import_module(module), name)
             doc = inspect.getdoc(value) if callable(value) else None
-            if doc and doc != inspect.getdoc(type(value)):
-                target.docstring = griffe.Docstring(render(doc, target.path), parent=target)
-            else:
+            if not doc or doc == inspect.getdoc(type(value)):
                 missing.append(f"{module}.{name}")
+                continue
+            if target.is_attribute and inspect.isfunction(value):
+                target = as_function(target, value)
+            target.docstring = griffe.Docstring(render(doc, target.path), parent=target)
     return missing
+
+
+def _text(value: Any, annotation: bool = False) -> str | None:
+    """A runtime default, or annotation (a string under postponed evaluation), as griffe's
+    source text (None: absent)."""
+    if value is inspect.Parameter.empty:
+        return None
+    return value if annotation and isinstance(value, str) else repr(value)
+
+
+def as_function(attribute: griffe.Object, fn: Any) -> griffe.Function:
+    """A griffe function with ``fn``'s runtime signature in place of the module attribute
+    ``name = factory(...)`` that made it, so its entry shows a signature, not the call."""
+    sig = inspect.signature(fn)
+    params = griffe.Parameters(*[
+        griffe.Parameter(p.name, annotation=_text(p.annotation, True), default=_text(p.default),
+                         kind=griffe.ParameterKind(p.kind.description))
+        for p in sig.parameters.values()
+    ])  # fmt: skip
+    function = griffe.Function(
+        attribute.name, parameters=params, returns=_text(sig.return_annotation, True),
+        lineno=attribute.lineno, endlineno=attribute.endlineno,
+    )  # fmt: skip
+    attribute.parent.set_member(attribute.name, function)
+    return function
 
 
 class SphinxRoles(griffe.Extension):
