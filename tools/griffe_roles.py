@@ -10,7 +10,7 @@ The docstrings are Google style with reStructuredText roles (the house style, re
   entry). A link whose target is missing fails the strict build, so only targets known to
   exist are linked.
 - ``:math:`tex``` becomes MathML (``latex2mathml``), which browsers render natively: no
-  script, no network; a formula it cannot convert stays as inline code.
+  script, no network; a formula it cannot convert fails the build.
 
 A name built by a factory (``fedadam = _fedopt_builder("adam")``) has no docstring in the
 source griffe reads; its entry gets the runtime ``__doc__`` the factory set.
@@ -62,13 +62,17 @@ def resolve(name: str, where: str) -> str | None:
     return matches[0] if len(matches) == 1 else None
 
 
-def math(tex: str) -> str:
+def math(tex: str, where: str) -> str:
+    """``tex`` as inline MathML; a formula latex2mathml cannot read fails the build, naming
+    the object (all 202 of fljax's convert)."""
     from latex2mathml.converter import convert
 
-    try:  # in a span: Python-Markdown takes a line that starts with <math> for an HTML block
-        return f'<span class="math">{convert(tex)}</span>'
-    except Exception:  # noqa: BLE001 -- an unsupported macro: show the source instead
-        return f"`{tex}`"
+    try:
+        mathml = convert(tex)
+    except Exception as err:
+        raise ValueError(f"{where}: cannot render :math:`{tex}` ({err!r})") from err
+    # In a span: Python-Markdown takes a line that starts with <math> for an HTML block.
+    return f'<span class="math">{mathml}</span>'
 
 
 def render(text: str, where: str) -> str:
@@ -77,7 +81,7 @@ def render(text: str, where: str) -> str:
     def one(match: re.Match) -> str:
         role, body = match.groups()
         if role == "math":
-            return math(body)
+            return math(body, where)
         name = body.lstrip("~").removesuffix("()")
         shown = name.rsplit(".", 1)[-1] if body.startswith("~") else name
         target = resolve(name, where)
