@@ -24,12 +24,18 @@ import jax
 import numpy as np
 
 ENV_COORDINATOR = "FLJAX_COORDINATOR"
+"""Environment variable holding the coordinator's ``host:port`` (set by ``fljax-launch``)."""
 ENV_NUM_PROCESSES = "FLJAX_NUM_PROCESSES"
+"""Environment variable holding the number of processes."""
 ENV_PROCESS_ID = "FLJAX_PROCESS_ID"
+"""Environment variable holding this process's index."""
 INIT_TIMEOUT_S = 60  # a process that cannot reach the coordinator fails after this
+"""Seconds a process waits for the coordinator before it fails."""
 HEARTBEAT_TIMEOUT_S = 30  # a dead process is noticed by the others after this
+"""Seconds after which the other processes notice a dead one and stop."""
 
 PyTree = Any
+"""Any pytree of arrays (type alias)."""
 
 
 def _check_address(address: str) -> None:

@@ -26,6 +26,8 @@ from fljax._io import SUMMARY_FILE, read_metrics
 from fljax._plot import legend_outside, metric_label, setting_label, styles
 
 SEED_KEYS = ("seed", "+seed")
+"""Override keys that name a run's seed: runs differing only in them form one group (mean and std
+over seeds)."""
 
 
 def _overrides(run_dir: Path) -> dict[str, str]:
@@ -294,6 +296,7 @@ def report(
 
 
 def main(argv=None) -> None:
+    """``fljax-report``: :func:`report` from the command line (``fljax-report --help``)."""
     p = argparse.ArgumentParser(prog="fljax-report", description=__doc__.splitlines()[0])
     p.add_argument("sweep", type=Path, help="a multirun folder (or any folder of run folders)")
     p.add_argument("--out", type=Path, default=None, help="where to write (default: sweep)")

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MODULES = ("fljax", "fljax.aggregate", "fljax.algorithms", "fljax.attacks", "fljax.client",
            "fljax.compress", "fljax.data", "fljax.deploy", "fljax.engine", "fljax.metrics",
            "fljax.models", "fljax.personalize", "fljax.privacy", "fljax.system",
-           "fljax.unlearning", "fljax.valuation")  # fmt: skip
+           "fljax.unlearning", "fljax.valuation", "fljax.distributed", "fljax.report")  # fmt: skip
 
 
 def source_of(module: str) -> Path:
