@@ -95,13 +95,16 @@ def test_overflow_is_refused_naming_the_setting():
 @pytest.mark.parametrize("k", [2, 3, 4, 5, 6, 8])
 def test_secagg_plus_is_exact_for_every_small_cohort(k):
     """The default Harary degree 2 ceil(log2 K) is capped at K - 1, odd for K = 2, 4, 6: that
-    graph must be the complete one (a ring one column short read one neighbour's mask twice:
-    the sum was off by whole ring elements)."""
+    graph must be the complete one (a ring one column short read past its last neighbour:
+    the sum was off by whole ring elements), with and without dropouts."""
     secagg = P.get("secagg_plus")
-    enc, included, ids = _ring_case(k, secagg, k=k)
-    ring_sum, _, _ = P.secure_ring_sum(enc, included, ids, jax.random.key(k), secagg)
-    expected = enc[included].astype(np.uint64).sum(0) % (2**secagg.bits)
-    np.testing.assert_array_equal(np.asarray(ring_sum, np.uint64), expected)
+    run = jax.jit(lambda e, inc, ids, key: P.secure_ring_sum(e, inc, ids, key, secagg)[0])
+    for seed in range(3):
+        enc, included, ids = _ring_case(seed, secagg, k=k)
+        for inc in (np.ones(k, bool), included):
+            expected = enc[inc].astype(np.uint64).sum(0) % (2**secagg.bits)
+            ring_sum = run(enc, inc, ids, jax.random.key(seed))
+            np.testing.assert_array_equal(np.asarray(ring_sum, np.uint64), expected)
 
 
 def test_harary_graph_is_symmetric_and_regular():
