@@ -217,20 +217,10 @@ def test_npz_site_and_app_config(tmp_path, heart):
 
 
 def _deploy_lines() -> list[str]:
-    """The ``fljax-deploy`` command lines of the README and docs/deploy.md (continuations
-    joined)."""
-    import re
-    from pathlib import Path
+    """The ``fljax-deploy`` command lines of the README and the docs pages."""
+    from tests.doc_commands import bash_lines
 
-    root = Path(__file__).resolve().parent.parent
-    lines = []
-    for doc in (root / "README.md", root / "docs" / "deploy.md"):
-        for block in re.findall(r"```bash\n(.*?)```", doc.read_text(), flags=re.S):
-            for line in block.replace("\\\n", " ").splitlines():
-                line = line.strip()
-                if line.startswith("fljax-deploy"):
-                    lines.append(line)
-    return lines
+    return [line for line in bash_lines() if line.startswith("fljax-deploy")]
 
 
 @pytest.mark.parametrize("line", _deploy_lines())

@@ -5,15 +5,13 @@ rules applied, nothing trains), so a documented command can never go stale unnot
 import itertools
 import re
 import shlex
-from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 
 from fljax.run import CONF_DIR, check
+from tests.doc_commands import bash_lines
 
-ROOT = Path(__file__).resolve().parents[1]
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 # Lines whose checks need what a test machine lacks, each with the reason.
 NEEDS = {
     "pneumonia_mnist": "a TensorFlow Datasets download",
@@ -23,15 +21,10 @@ NEEDS = {
 
 
 def _commands() -> list[str]:
-    """The ``fljax-run`` lines of the README's and the docs' bash blocks (continuations
-    joined; each line once); an ``fljax-launch ... -- <overrides>`` line counts as
-    ``fljax-run <overrides>``."""
-    text = "\n".join(page.read_text() for page in PAGES)
-    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
-    lines = " ".join(b.replace("\\\n", " ") for b in blocks).replace("\n", " \n ").split("\n")
+    """The ``fljax-run`` lines of the README's and the docs' bash blocks, each once; an
+    ``fljax-launch ... -- <overrides>`` line counts as ``fljax-run <overrides>``."""
     out = []
-    for line in lines:
-        line = " ".join(line.split(" #")[0].split())
+    for line in bash_lines():
         if line.startswith("fljax-launch") and " -- " in line:
             line = "fljax-run " + line.split(" -- ", 1)[1]
         if line.startswith("fljax-run") and line not in out:
