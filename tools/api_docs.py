@@ -61,15 +61,16 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--check", action="store_true", help="exit 1 if docs/api is stale")
     args = p.parse_args(argv)
-    stale = [f for f, text in pages().items()
+    wanted = pages()
+    stale = [f for f, text in wanted.items()
              if not (ROOT / f).exists() or (ROOT / f).read_text() != text]  # fmt: skip
     if args.check:
         if stale:
             print(f"stale API pages (run python tools/api_docs.py): {stale}")
         return 1 if stale else 0
-    for f, text in pages().items():
+    for f, text in wanted.items():
         (ROOT / f).write_text(text)
-    print(f"wrote {len(pages())} API pages ({len(stale)} changed)")
+    print(f"wrote {len(wanted)} API pages ({len(stale)} changed)")
     return 0
 
 
